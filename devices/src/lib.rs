@@ -1,0 +1,3 @@
+//! Guest-visible devices for igvmm.
+
+pub mod bus;

@@ -1,0 +1,243 @@
+//! Command-line interface of the `igvmm` binary.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// igvmm: a minimal VMM that boots IGVM guests on Linux KVM.
+#[derive(Debug, Parser)]
+#[command(name = "igvmm", version, about, long_about = None)]
+pub struct Cli {
+    /// Raise the log level (-v info, -vv debug, -vvv trace). RUST_LOG overrides it.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+
+    /// The subcommand.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Load an IGVM file and run it on KVM.
+    Run(RunArgs),
+    /// Show what an IGVM file contains.
+    Inspect(InspectArgs),
+    /// Predict the launch measurement of an IGVM file.
+    Measure(MeasureArgs),
+    /// Build an IGVM file from a firmware image, a kernel or the built-in demo.
+    Pack(PackArgs),
+    /// Extract or replace the CoRIM headers of an IGVM file.
+    #[command(subcommand)]
+    Corim(CorimCommand),
+}
+
+/// Platform selection for `run`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PlatformArg {
+    /// The strongest platform that both the file and the host support.
+    Auto,
+    /// No isolation.
+    Native,
+    /// AMD SEV-SNP.
+    SevSnp,
+    /// Intel TDX.
+    Tdx,
+}
+
+/// A platform that has a launch measurement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MeasuredPlatformArg {
+    /// AMD SEV-SNP launch digest.
+    SevSnp,
+    /// Intel TDX MRTD.
+    Tdx,
+}
+
+/// A platform a CoRIM can be attached to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CorimPlatformArg {
+    /// The native platform.
+    Native,
+    /// AMD SEV-SNP.
+    SevSnp,
+    /// Intel TDX.
+    Tdx,
+}
+
+/// Arguments of `igvmm run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The IGVM file to run.
+    #[arg(required_unless_present = "demo", conflicts_with = "demo")]
+    pub file: Option<PathBuf>,
+
+    /// Run the built-in demo guest instead of a file.
+    #[arg(long)]
+    pub demo: bool,
+
+    /// Guest RAM, in bytes or with a K, M or G suffix (binary units).
+    #[arg(long, default_value = "512M")]
+    pub memory: String,
+
+    /// Number of virtual CPUs.
+    #[arg(long, default_value_t = 1)]
+    pub cpus: u32,
+
+    /// Isolation platform to launch.
+    #[arg(long, value_enum, default_value_t = PlatformArg::Auto)]
+    pub platform: PlatformArg,
+
+    /// Kernel command line for the IGVM CommandLine parameter.
+    #[arg(long)]
+    pub cmdline: Option<String>,
+
+    /// Where the COM1 console goes: stdio, file:PATH or none.
+    #[arg(long, default_value = "stdio")]
+    pub serial: String,
+
+    /// Treat a CoRIM that does not decode, or whose reference value disagrees with the predicted
+    /// measurement, as an error instead of a warning.
+    #[arg(long)]
+    pub strict_corim: bool,
+
+    /// Platform manufacturer string of the SP800-155 event.
+    #[arg(long, default_value = "igvmm")]
+    pub event_manufacturer: String,
+
+    /// Platform model string of the SP800-155 event.
+    #[arg(long, default_value = "igvmm-kvm")]
+    pub event_model: String,
+
+    /// Platform version string of the SP800-155 event.
+    #[arg(long, default_value = env!("CARGO_PKG_VERSION"))]
+    pub event_version: String,
+
+    /// SEV-SNP: treat a CPUID page that the firmware corrects as an error instead of retrying.
+    #[arg(long)]
+    pub strict_cpuid: bool,
+
+    /// SEV-SNP: 32 bytes of HOST_DATA for the attestation report, as 64 hex digits.
+    #[arg(long)]
+    pub host_data: Option<String>,
+
+    /// TDX: MRCONFIGID, 48 bytes as 96 hex digits.
+    #[arg(long)]
+    pub mrconfigid: Option<String>,
+
+    /// TDX: MROWNER, 48 bytes as 96 hex digits.
+    #[arg(long)]
+    pub mrowner: Option<String>,
+
+    /// TDX: MROWNERCONFIG, 48 bytes as 96 hex digits.
+    #[arg(long)]
+    pub mrownerconfig: Option<String>,
+
+    /// TDX: enable the DEBUG attribute (off by default; a debug TD has no confidentiality).
+    #[arg(long)]
+    pub tdx_debug: bool,
+
+    /// TDX: path of a Quote Generation Service socket for GetQuote; without it GetQuote is
+    /// answered as unsupported.
+    #[arg(long)]
+    pub quote_socket: Option<PathBuf>,
+}
+
+/// Arguments of `igvmm inspect`.
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// The IGVM file.
+    pub file: PathBuf,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `igvmm measure`.
+#[derive(Debug, Args)]
+pub struct MeasureArgs {
+    /// The IGVM file.
+    pub file: PathBuf,
+    /// The platform whose measurement to predict.
+    #[arg(long, value_enum)]
+    pub platform: MeasuredPlatformArg,
+    /// Number of virtual CPUs the guest will be launched with (SEV-SNP measures one VMSA per vCPU).
+    #[arg(long, default_value_t = 1)]
+    pub cpus: u32,
+    /// Print JSON with the platform, vCPU count, pages measured and time taken.
+    #[arg(long)]
+    pub json: bool,
+    /// Compute the digest that the file describes, for any host, instead of the digest of a KVM
+    /// launch by igvmm.
+    #[arg(long)]
+    pub file_digest: bool,
+}
+
+/// Arguments of `igvmm pack`.
+#[derive(Debug, Args)]
+pub struct PackArgs {
+    /// A PC firmware image (for example SeaBIOS) to place below 4 GiB.
+    #[arg(long, group = "source")]
+    pub firmware: Option<PathBuf>,
+    /// Write the built-in demo guest.
+    #[arg(long, group = "source")]
+    pub demo: bool,
+    /// A Linux kernel (bzImage or ELF vmlinux).
+    #[arg(long, group = "source")]
+    pub kernel: Option<PathBuf>,
+    /// An initrd for --kernel.
+    #[arg(long, requires = "kernel")]
+    pub initrd: Option<PathBuf>,
+    /// Default kernel command line for --kernel; `igvmm run --cmdline` overrides it.
+    #[arg(long)]
+    pub cmdline: Option<String>,
+    /// Output IGVM file.
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// A CoRIM document to embed.
+    #[arg(long)]
+    pub corim: Option<PathBuf>,
+    /// The COSE_Sign1 signature of --corim.
+    #[arg(long, requires = "corim")]
+    pub corim_signature: Option<PathBuf>,
+    /// The platform --corim applies to.
+    #[arg(long, value_enum, requires = "corim")]
+    pub corim_platform: Option<CorimPlatformArg>,
+    /// Generate a launch-measurement CoRIM for each measurable platform.
+    #[arg(long, conflicts_with = "corim")]
+    pub corim_auto: bool,
+}
+
+/// `igvmm corim` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum CorimCommand {
+    /// Write the CoRIM document of one platform to a file.
+    Extract {
+        /// The IGVM file.
+        file: PathBuf,
+        /// The platform whose CoRIM to extract.
+        #[arg(long, value_enum)]
+        platform: CorimPlatformArg,
+        /// Output file.
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// Add or replace the CoRIM headers of an IGVM file, leaving every other header untouched.
+    Add {
+        /// The input IGVM file.
+        input: PathBuf,
+        /// The platform the CoRIM applies to.
+        #[arg(long, value_enum)]
+        platform: CorimPlatformArg,
+        /// The CoRIM document.
+        #[arg(long)]
+        document: PathBuf,
+        /// Its COSE_Sign1 signature.
+        #[arg(long)]
+        signature: Option<PathBuf>,
+        /// Output IGVM file.
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+}
