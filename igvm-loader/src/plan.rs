@@ -48,7 +48,7 @@ impl std::fmt::Display for Platform {
 /// Position of a header in the file, for error messages and traceability.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HeaderRef {
-    /// IGVM variable header type (`IGVM_VHT_*`), for example 0x301 for PageData.
+    /// IGVM variable header type (`IGVM_VHT_*`), for example 0x302 for PageData.
     pub header_type: u32,
     /// Zero-based index of the header within its section (initialization or directive), counted
     /// over the whole file before any compatibility-mask filtering.

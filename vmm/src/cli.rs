@@ -97,6 +97,11 @@ pub struct RunArgs {
     #[arg(long, default_value = "stdio")]
     pub serial: String,
 
+    /// Destination of the debug console on port 0x402: log (info-level log lines with target
+    /// guest-debugcon, shown by default), file:PATH or none.
+    #[arg(long, default_value = "log")]
+    pub debugcon: String,
+
     /// Treat a CoRIM that does not decode, or whose reference value disagrees with the predicted
     /// measurement, as an error instead of a warning.
     #[arg(long)]
@@ -172,6 +177,17 @@ pub struct MeasureArgs {
     /// launch by igvmm.
     #[arg(long)]
     pub file_digest: bool,
+    /// SEV-SNP with --cpus above 1: CPUID leaf 1 EAX (the processor signature, hexadecimal) of
+    /// the host that will run the guest. KVM puts it in RDX of every vCPU that starts at reset,
+    /// so it is part of those vCPUs' VMSAs. Default: this machine's CPUID leaf 1 EAX.
+    #[arg(long, value_parser = parse_cpuid_signature)]
+    pub cpuid_signature: Option<u32>,
+}
+
+/// Parses a processor signature such as `0xA00F11` or `a00f11`.
+fn parse_cpuid_signature(text: &str) -> Result<u32, String> {
+    let digits = text.trim().trim_start_matches("0x").trim_start_matches("0X");
+    u32::from_str_radix(digits, 16).map_err(|error| format!("{text:?} is not a 32-bit hexadecimal number: {error}"))
 }
 
 /// Arguments of `igvmm pack`.

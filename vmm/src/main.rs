@@ -8,8 +8,9 @@ use vmm::cli::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The guest's debug console (SeaBIOS prints its banner there) is shown by default.
     let default_level = match cli.verbose {
-        0 => "warn",
+        0 => "warn,guest-debugcon=info",
         1 => "info",
         2 => "debug",
         _ => "trace",

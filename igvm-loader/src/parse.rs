@@ -1,0 +1,176 @@
+//! Parsing: raw header walk and checks, then the igvm crate, with file positions kept.
+
+use std::collections::BTreeMap;
+
+use igvm::{
+    IgvmDirectiveHeader, IgvmFile, IgvmInitializationHeader, IgvmPlatformHeader, IgvmRevision,
+};
+use igvm_defs::{IgvmVariableHeaderType as Vht, IGVM_VHS_PAGE_DATA};
+use zerocopy::FromBytes;
+
+use crate::error::{guard_igvm, LoadError};
+use crate::headers::Section;
+use crate::plan::{HeaderRef, PAGE_SIZE_2M};
+use crate::platform::{platform_from_type, PlatformHeader};
+use crate::precheck;
+use crate::raw::{self, Action};
+
+/// An IGVM file parsed by the igvm crate, with the file position of every header.
+///
+/// Produced by [`parse`]. The crate parsed the file without an isolation filter, so every
+/// platform's headers are present; [`crate::load_parsed`] filters by compatibility mask.
+#[derive(Debug, Clone)]
+pub struct ParsedFile {
+    /// The file as the igvm crate parsed it, without skipped optional headers and without
+    /// the version string.
+    pub igvm: IgvmFile,
+    /// IGVM format version from the fixed header (1 or 2).
+    pub format_version: u32,
+    /// The file's revision, for writing it again with `IgvmFile::new` (igvm 0.5 does not expose
+    /// the revision of a parsed file).
+    pub revision: IgvmRevision,
+    /// File positions of `igvm.platforms()`, in the same order.
+    pub platform_refs: Vec<HeaderRef>,
+    /// File positions of `igvm.initializations()`, in the same order.
+    pub initialization_refs: Vec<HeaderRef>,
+    /// File positions of `igvm.directives()`, in the same order.
+    pub directive_refs: Vec<HeaderRef>,
+    /// Optional headers of unknown types that were skipped, with their type as in the file.
+    pub skipped_headers: Vec<HeaderRef>,
+    /// Text of the VersionString header (0x107), if the file has one.
+    pub version_string: Option<String>,
+    /// Data of 2 MiB pages, by position in `igvm.directives()`. igvm 0.5 reads only the first
+    /// 4 KiB of a page's file data, so the loader reads the whole 2 MiB itself.
+    pub(crate) large_page_data: BTreeMap<usize, Vec<u8>>,
+}
+
+impl ParsedFile {
+    /// Returns the platform headers.
+    pub fn platforms(&self) -> Vec<PlatformHeader> {
+        self.igvm
+            .platforms()
+            .iter()
+            .zip(&self.platform_refs)
+            .map(
+                |(IgvmPlatformHeader::SupportedPlatform(info), header)| PlatformHeader {
+                    header: *header,
+                    platform_type: info.platform_type,
+                    platform: platform_from_type(info.platform_type),
+                    compatibility_mask: info.compatibility_mask,
+                    highest_vtl: info.highest_vtl,
+                    shared_gpa_boundary: info.shared_gpa_boundary,
+                },
+            )
+            .collect()
+    }
+
+    /// Iterates over the initialization headers with their file positions.
+    pub fn initializations(
+        &self,
+    ) -> impl Iterator<Item = (HeaderRef, &IgvmInitializationHeader)> + '_ {
+        self.initialization_refs
+            .iter()
+            .copied()
+            .zip(self.igvm.initializations())
+    }
+
+    /// Iterates over the directive headers with their file positions.
+    pub fn directives(&self) -> impl Iterator<Item = (HeaderRef, &IgvmDirectiveHeader)> + '_ {
+        self.directive_refs
+            .iter()
+            .copied()
+            .zip(self.igvm.directives())
+    }
+
+    /// Returns the data of the PageData directive at `position` in `igvm.directives()`: all
+    /// 2 MiB for a large page with data, the crate's 4 KiB otherwise, empty for a zero page.
+    pub fn page_data(&self, position: usize) -> &[u8] {
+        if let Some(data) = self.large_page_data.get(&position) {
+            return data;
+        }
+        match self.igvm.directives().get(position) {
+            Some(IgvmDirectiveHeader::PageData { data, .. }) => data,
+            _ => &[],
+        }
+    }
+}
+
+/// Parses an IGVM file.
+///
+/// Unknown headers with the optional bit are skipped with a warning. Everything the igvm crate
+/// would reject without naming the header is checked first, so that the error names the header
+/// type and its index in the file. Errors the crate still finds are [`LoadError::Igvm`].
+pub fn parse(file: &[u8]) -> Result<ParsedFile, LoadError> {
+    let raw_file = raw::walk(file)?;
+    precheck::check(&raw_file)?;
+
+    let rebuilt = raw::rebuild_for_crate(&raw_file);
+    let crate_input = rebuilt.as_deref().unwrap_or(file);
+    let igvm = guard_igvm("parsing the file", || {
+        IgvmFile::new_from_binary(crate_input, None)
+    })??;
+
+    let refs = |section| -> Vec<HeaderRef> {
+        raw_file.kept(section).map(|header| header.header).collect()
+    };
+    let platform_refs = refs(Section::Platform);
+    let initialization_refs = refs(Section::Initialization);
+    let directive_refs = refs(Section::Directive);
+    if platform_refs.len() != igvm.platforms().len()
+        || initialization_refs.len() != igvm.initializations().len()
+        || directive_refs.len() != igvm.directives().len()
+    {
+        return Err(LoadError::Igvm {
+            message: "the crate returned a different number of headers than the file has"
+                .to_string(),
+        });
+    }
+
+    let mut large_page_data = BTreeMap::new();
+    for (position, header) in raw_file.kept(Section::Directive).enumerate() {
+        if Vht(header.header.header_type) != Vht::IGVM_VHT_PAGE_DATA {
+            continue;
+        }
+        let Ok((page, _)) = IGVM_VHS_PAGE_DATA::read_from_prefix(header.body) else {
+            continue;
+        };
+        if page.flags.is_2mb_page() && page.file_offset != 0 {
+            let data = raw_file.file_data(page.file_offset, PAGE_SIZE_2M).ok_or(
+                LoadError::FileDataOutOfRange {
+                    header: header.header,
+                    offset: page.file_offset,
+                    size: PAGE_SIZE_2M,
+                },
+            )?;
+            large_page_data.insert(position, data.to_vec());
+        }
+    }
+
+    let version_string = raw_file
+        .headers
+        .iter()
+        .find(|header| header.action == Action::TakeVersionString)
+        .map(|header| {
+            String::from_utf8_lossy(header.body)
+                .trim_end_matches('\0')
+                .to_string()
+        });
+    let skipped_headers = raw_file
+        .headers
+        .iter()
+        .filter(|header| header.action == Action::Skip)
+        .map(|header| header.header)
+        .collect();
+
+    Ok(ParsedFile {
+        igvm,
+        format_version: raw_file.format_version,
+        revision: raw_file.revision(),
+        platform_refs,
+        initialization_refs,
+        directive_refs,
+        skipped_headers,
+        version_string,
+        large_page_data,
+    })
+}

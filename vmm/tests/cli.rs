@@ -1,0 +1,257 @@
+//! Tests of the `igvmm` binary as a user runs it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+mod common;
+
+use std::process::{Command, Output, Stdio};
+
+use common::{conformance_dir, kvm_available};
+
+fn igvmm(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_igvmm"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn help_lists_subcommands() {
+    let output = igvmm(&["--help"]);
+    assert_eq!(output.status.code(), Some(0));
+    let text = stdout(&output);
+    for subcommand in ["run", "inspect", "measure", "pack", "corim"] {
+        assert!(
+            text.lines()
+                .any(|line| line.trim_start().starts_with(subcommand)),
+            "--help does not list {subcommand}:\n{text}"
+        );
+    }
+    let run_help = stdout(&igvmm(&["run", "--help"]));
+    for option in ["--memory", "--cpus", "--platform", "--serial", "--debugcon", "--demo"] {
+        assert!(run_help.contains(option), "run --help lacks {option}");
+    }
+}
+
+#[test]
+fn demo_prints_map_vp_count_and_files() {
+    if !kvm_available("demo_prints_map_vp_count_and_files") {
+        return;
+    }
+    let output = igvmm(&["run", "--demo", "--cpus", "2", "--memory", "256M"]);
+    // The ACPI files come from the devices crate; their sizes are whatever it builds.
+    let acpi = devices::acpi::build_fw_cfg_files(2).unwrap();
+    let expected = format!(
+        "\
+igvmm demo guest: 32-bit protected mode
+vp count: 2
+memory map:
+  base 0x0000000000000000 size 0x0000000010000000 memory
+  base 0x00000000feffc000 size 0x0000000000004000 platform-reserved
+fw_cfg signature: QEMU
+fw_cfg files: 5
+  etc/acpi/rsdp, {} bytes
+  etc/acpi/tables, {} bytes
+  etc/boot-fail-wait, 4 bytes
+  etc/e820, 40 bytes
+  etc/table-loader, {} bytes
+demo done
+",
+        acpi.rsdp.len(),
+        acpi.tables.len(),
+        acpi.table_loader.len()
+    );
+    assert_eq!(stdout(&output), expected, "stderr: {}", stderr(&output));
+    assert_eq!(
+        stderr(&output),
+        "igvmm: guest wrote to the debug-exit port 0x501 (exit status 1)\n"
+    );
+    assert_eq!(output.status.code(), Some(0));
+}
+
+#[test]
+fn packed_demo_runs_from_file() {
+    if !kvm_available("packed_demo_runs_from_file") {
+        return;
+    }
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let path = dir.join("cli-demo.igvm");
+    let packed = igvmm(&["pack", "--demo", "-o", path.to_str().unwrap()]);
+    assert_eq!(packed.status.code(), Some(0), "{}", stderr(&packed));
+    let output = igvmm(&["run", path.to_str().unwrap()]);
+    assert!(stdout(&output).ends_with("demo done\n"));
+    // Outside --demo the debug-exit status is QEMU's (0 << 1) | 1.
+    assert_eq!(output.status.code(), Some(1));
+}
+
+#[test]
+fn inspect_reads_every_conformance_file() {
+    let dir = conformance_dir();
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        eprintln!("skipped: {} is missing", dir.display());
+        return;
+    };
+    let mut files: Vec<_> = entries
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "igvm"))
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 4);
+    for path in files {
+        let text = igvmm(&["inspect", path.to_str().unwrap()]);
+        assert_eq!(text.status.code(), Some(0), "{}: {}", path.display(), stderr(&text));
+        assert!(stdout(&text).starts_with("IGVM format version "));
+        let json = igvmm(&["inspect", "--json", path.to_str().unwrap()]);
+        assert_eq!(json.status.code(), Some(0));
+        let value: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+        assert!(value["platforms"].as_array().is_some_and(|list| !list.is_empty()));
+        assert!(value["format_version"].as_u64().is_some());
+    }
+    let json = igvmm(&[
+        "inspect",
+        "--json",
+        conformance_dir()
+            .join("tiny-qemu-snp-native.igvm")
+            .to_str()
+            .unwrap(),
+    ]);
+    let value: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let types: Vec<&str> = value["platforms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|platform| platform["platform_type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["sev-snp", "native"]);
+    assert_eq!(value["vp_contexts"][0]["entry"], 0x10002);
+}
+
+#[test]
+fn bad_memory_is_one_line() {
+    let output = igvmm(&["run", "--demo", "--memory", "12X"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(
+        stderr(&output),
+        "igvmm: invalid memory size \"12X\": expected a number of bytes with an optional K, M, G or T suffix, for example 512M\n"
+    );
+    let output = igvmm(&["run", "--demo", "--memory", "1000T"]);
+    assert_eq!(output.status.code(), Some(1));
+    let text = stderr(&output);
+    assert!(
+        text.starts_with("igvmm: --memory 1000T "),
+        "unexpected message: {text}"
+    );
+    assert_eq!(text.lines().count(), 1);
+}
+
+#[test]
+fn missing_file_and_directory() {
+    let output = igvmm(&["run", "/nonexistent/guest.igvm"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(
+        stderr(&output),
+        "igvmm: cannot read /nonexistent/guest.igvm: No such file or directory (os error 2)\n"
+    );
+    let dir = env!("CARGO_MANIFEST_DIR");
+    let output = igvmm(&["run", dir]);
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(
+        stderr(&output),
+        format!("igvmm: {dir} is a directory, not an IGVM file\n")
+    );
+    let output = igvmm(&["inspect", dir]);
+    assert_eq!(output.status.code(), Some(1));
+}
+
+#[test]
+fn sev_snp_on_this_host_is_one_line() {
+    let file = conformance_dir().join("tiny-qemu-snp-native.igvm");
+    let output = igvmm(&["run", "--platform", "sev-snp", file.to_str().unwrap()]);
+    assert_ne!(output.status.code(), Some(0));
+    let text = stderr(&output);
+    assert_eq!(text.lines().count(), 1, "more than one line: {text}");
+    assert!(text.starts_with("igvmm: "), "{text}");
+    assert!(text.contains("sev-snp"), "{text}");
+}
+
+#[test]
+fn triple_fault_report_from_cli() {
+    if !kvm_available("triple_fault_report_from_cli") {
+        return;
+    }
+    let file = conformance_dir().join("tiny-qemu-snp-native.igvm");
+    if !file.exists() {
+        eprintln!("skipped: {} is missing", file.display());
+        return;
+    }
+    let output = igvmm(&["run", "--platform", "native", file.to_str().unwrap()]);
+    let text = stderr(&output);
+    if !text.contains("1 GiB pages") {
+        eprintln!("this KVM offers 1 GiB pages; nothing to check: {text}");
+        return;
+    }
+    assert_eq!(output.status.code(), Some(6));
+    let first = text.lines().next().unwrap();
+    assert_eq!(
+        first,
+        "igvmm: guest triple fault on vCPU 0 (KVM_EXIT_SHUTDOWN) at RIP 0x10002"
+    );
+    assert!(text.lines().any(|line| line.trim()
+        == "PDPTE maps a 1 GiB page, but this KVM does not offer 1 GiB pages (CPUID 0x80000001 EDX bit 26)"));
+}
+
+#[test]
+fn pack_kernel_is_not_supported_yet() {
+    let output = igvmm(&["pack", "--kernel", "/dev/null", "-o", "/dev/null"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(
+        stderr(&output),
+        "igvmm: pack --kernel is not supported yet; use --firmware or --demo\n"
+    );
+}
+
+#[test]
+fn demo_reads_corim_by_dma() {
+    if !kvm_available("demo_reads_corim_by_dma") {
+        return;
+    }
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    // The bytes need not be a valid CoRIM: igvmm publishes them with a warning.
+    let document: Vec<u8> = (0..300u32).map(|i| (i * 7 + 3) as u8).collect();
+    let document_path = dir.join("demo-corim.cbor");
+    std::fs::write(&document_path, &document).unwrap();
+    let image = dir.join("demo-corim.igvm");
+    let packed = igvmm(&[
+        "pack",
+        "--demo",
+        "--corim",
+        document_path.to_str().unwrap(),
+        "--corim-platform",
+        "native",
+        "-o",
+        image.to_str().unwrap(),
+    ]);
+    assert_eq!(packed.status.code(), Some(0), "{}", stderr(&packed));
+
+    let output = igvmm(&["run", image.to_str().unwrap()]);
+    let text = stdout(&output);
+    let expected = format!(
+        "opt/igvm/corim: 300 bytes, crc32 {:#010x}\n",
+        crc32fast::hash(&document)
+    );
+    assert!(text.contains(&expected), "missing {expected:?} in:\n{text}");
+    assert!(text.contains("  opt/igvm/corim, 300 bytes\n"));
+    assert!(text.contains("  opt/org.tianocode/sp800155evt/0, "));
+    assert!(text.ends_with("demo done\n"));
+    assert!(stderr(&output).contains("the CoRIM does not decode"));
+}
