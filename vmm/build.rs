@@ -198,11 +198,16 @@ fn select(a: &mut CodeAssembler, selector: u32) -> Result<(), IcedError> {
     a.out(dx, ax)
 }
 
-/// Prints the signature and the file directory. Leaves the selector of `opt/igvm/corim` in
-/// `DEMO_DIR_ENTRY_GPA + 60` and its size at `+56` (both zero when the file is missing).
-fn fw_cfg_files(a: &mut CodeAssembler, labels: &Labels, strings: &Strings) -> Result<(), IcedError> {
-    let corim_size = DEMO_DIR_ENTRY_GPA + 56;
-    let corim_select = DEMO_DIR_ENTRY_GPA + 60;
+/// Prints the signature and the file directory. Leaves the selector of `opt/igvm/corim` at
+/// `DEMO_CORIM_SELECT_GPA` and its size at `DEMO_CORIM_SIZE_GPA` (both zero when the file is
+/// missing).
+fn fw_cfg_files(
+    a: &mut CodeAssembler,
+    labels: &Labels,
+    strings: &Strings,
+) -> Result<(), IcedError> {
+    let corim_size = DEMO_CORIM_SIZE_GPA;
+    let corim_select = DEMO_CORIM_SELECT_GPA;
     a.mov(dword_ptr(abs(corim_size)), 0)?;
     a.mov(dword_ptr(abs(corim_select)), 0)?;
 
@@ -278,8 +283,8 @@ fn fw_cfg_files(a: &mut CodeAssembler, labels: &Labels, strings: &Strings) -> Re
 
 /// Reads `opt/igvm/corim` by DMA and prints its length and CRC-32, if the file exists.
 fn corim_crc(a: &mut CodeAssembler, labels: &Labels, strings: &Strings) -> Result<(), IcedError> {
-    let corim_size = DEMO_DIR_ENTRY_GPA + 56;
-    let corim_select = DEMO_DIR_ENTRY_GPA + 60;
+    let corim_size = DEMO_CORIM_SIZE_GPA;
+    let corim_select = DEMO_CORIM_SELECT_GPA;
     let descriptor = DEMO_DMA_DESCRIPTOR_GPA;
     let mut skip = a.create_label();
     let mut failed = a.create_label();

@@ -4,9 +4,9 @@
 //!
 //! Guest memory is two 64 KiB regions with a 64 KiB hole between them, so that DMA transfers
 //! and descriptors cross region ends and the hole. Besides "no panic, no hang", the target
-//! checks what the guest can rely on: the DMA register reads back "QEMU CFG", unused ports read
-//! all-ones, each started transfer is counted once, a completed transfer leaves a control word
-//! of 0 or ERROR, and selecting key 0 always reads "QEMU".
+//! checks what the guest can rely on. The DMA register reads back "QEMU CFG" and unused ports
+//! read all-ones. Each started transfer is counted once and leaves a control word of 0 or
+//! ERROR. Selecting key 0 always reads "QEMU".
 
 #![no_main]
 
@@ -94,7 +94,10 @@ fn check_read(offset: u64, bytes: &[u8]) {
             }
         }
         SELECTOR | DATA => {}
-        _ => assert!(bytes.iter().all(|byte| *byte == 0xFF), "unused port {offset}"),
+        _ => assert!(
+            bytes.iter().all(|byte| *byte == 0xFF),
+            "unused port {offset}"
+        ),
     }
 }
 
@@ -125,7 +128,11 @@ fn run_dma(device: &mut FwCfg, memory: &GuestMemoryMmap, op: &Op) {
     let transfers = device.stats().dma_transfers;
     if *split {
         device.write(FW_CFG_PORT_BASE, DMA_HIGH, &0u32.to_be_bytes());
-        device.write(FW_CFG_PORT_BASE, DMA_LOW, &(descriptor as u32).to_be_bytes());
+        device.write(
+            FW_CFG_PORT_BASE,
+            DMA_LOW,
+            &(descriptor as u32).to_be_bytes(),
+        );
     } else {
         device.write(FW_CFG_PORT_BASE, DMA_HIGH, &descriptor.to_be_bytes());
     }
@@ -133,7 +140,10 @@ fn run_dma(device: &mut FwCfg, memory: &GuestMemoryMmap, op: &Op) {
 
     if descriptor_in_memory {
         let mut word = [0u8; 4];
-        if memory.read_slice(&mut word, GuestAddress(descriptor)).is_ok() {
+        if memory
+            .read_slice(&mut word, GuestAddress(descriptor))
+            .is_ok()
+        {
             let control = u32::from_be_bytes(word);
             assert!(
                 control == 0 || control == DMA_CTL_ERROR,
@@ -152,10 +162,7 @@ fuzz_target!(|input: Input| {
         ("bootorder", Vec::new()),
         ("etc/e820", vec![0x11; 40]),
         ("opt/igvm/corim", (0..=255u8).cycle().take(1000).collect()),
-        (
-            "opt/big",
-            vec![0x5A; usize::from(input.big_file) + 0x8000],
-        ),
+        ("opt/big", vec![0x5A; usize::from(input.big_file) + 0x8000]),
     ];
     for (name, data) in files {
         if device.add_file(name, data).is_err() {
@@ -183,11 +190,7 @@ fuzz_target!(|input: Input| {
                 let _ = memory.write_slice(bytes, GuestAddress(reduce(*address)));
             }
             Op::CheckSignature => {
-                device.write(
-                    FW_CFG_PORT_BASE,
-                    SELECTOR,
-                    &FW_CFG_SIGNATURE.to_le_bytes(),
-                );
+                device.write(FW_CFG_PORT_BASE, SELECTOR, &FW_CFG_SIGNATURE.to_le_bytes());
                 let signature: Vec<u8> = (0..4)
                     .flat_map(|_| port_read(&mut device, DATA, 1))
                     .collect();

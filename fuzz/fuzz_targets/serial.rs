@@ -1,7 +1,7 @@
 //! The COM1 16550 UART driven by a guest and by host input: reads and writes of any width at
 //! any register offset, host input of any length, and the eventfds drained or left full.
 //!
-//! Besides "no panic, no hang", the target checks that the receive FIFO never holds more than
+//! Besides "no panic, no hang", the target checks that the receive FIFO never contains more than
 //! 64 bytes, that `enqueue_input` takes no more than it was offered and had room for, and that
 //! every byte counted as transmitted reached the output sink.
 
@@ -25,7 +25,11 @@ enum Op {
     /// A read of `len % 9` bytes at `offset`, reduced to 0..16 unless `raw` is set.
     Read { offset: u64, len: u8, raw: bool },
     /// A write of up to 16 bytes at `offset`, reduced to 0..16 unless `raw` is set.
-    Write { offset: u64, bytes: Vec<u8>, raw: bool },
+    Write {
+        offset: u64,
+        bytes: Vec<u8>,
+        raw: bool,
+    },
     /// Host input offered to the receive FIFO.
     Input(Vec<u8>),
     /// The VMM consumes the interrupt eventfd, as KVM's irqfd does.
@@ -91,21 +95,33 @@ fuzz_target!(|input: Input| {
 
     for op in &input.ops {
         match op {
-            Op::Read { offset: at, len, raw } => {
+            Op::Read {
+                offset: at,
+                len,
+                raw,
+            } => {
                 let mut bytes = vec![0u8; usize::from(*len) % 9];
                 serial.read(COM1_PORT_BASE, offset(*at, *raw), &mut bytes);
                 if offset(*at, *raw) >= 8 {
                     assert!(bytes.iter().all(|byte| *byte == 0xFF));
                 }
             }
-            Op::Write { offset: at, bytes, raw } => {
+            Op::Write {
+                offset: at,
+                bytes,
+                raw,
+            } => {
                 let bytes = bytes.get(..bytes.len().min(16)).unwrap_or_default();
                 serial.write(COM1_PORT_BASE, offset(*at, *raw), bytes);
             }
             Op::Input(bytes) => {
                 let room = serial.fifo_capacity();
                 let taken = serial.enqueue_input(bytes);
-                assert!(taken <= bytes.len(), "took {taken} of {} bytes", bytes.len());
+                assert!(
+                    taken <= bytes.len(),
+                    "took {taken} of {} bytes",
+                    bytes.len()
+                );
                 assert!(taken <= room, "took {taken} bytes with room for {room}");
             }
             Op::DrainInterrupt => {

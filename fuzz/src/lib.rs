@@ -17,7 +17,7 @@ pub const VP_COUNT: u32 = 2;
 /// Processor signature for the SEV-SNP model of KVM's reset state (a Zen 3 part).
 const CPUID_1_EAX: u32 = 0x00A0_0F11;
 
-/// The host every file is loaded for: 256 MiB below 3 GiB, the 32-bit MMIO hole, 64 MiB from
+/// Returns the host every file is loaded for: 256 MiB below 3 GiB, the 32-bit MMIO hole, 64 MiB from
 /// 4 GiB, two vCPUs and small stand-ins for the ACPI tables.
 pub fn host() -> HostDescription {
     HostDescription {
@@ -81,7 +81,11 @@ pub fn check_plan(plan: &Plan) {
             op.gpa
         );
         if let igvm_loader::plan::PageData::Bytes(bytes) = &op.data {
-            assert!(bytes.len() as u64 <= op.size, "{:?} data too long", op.source);
+            assert!(
+                bytes.len() as u64 <= op.size,
+                "{:?} data too long",
+                op.source
+            );
         }
         ranges.push((op.gpa, op.gpa + op.size));
     }
@@ -203,7 +207,7 @@ struct Layout {
     end: usize,
 }
 
-fn layout(data: &[u8]) -> Option<Layout> {
+fn find_layout(data: &[u8]) -> Option<Layout> {
     let start = read_u32(data, FIXED_VARIABLE_HEADER_OFFSET)? as usize;
     let size = read_u32(data, FIXED_VARIABLE_HEADER_SIZE)? as usize;
     let end = start.checked_add(size)?;
@@ -242,7 +246,7 @@ pub fn repair(data: &mut [u8]) {
         return;
     };
     write_u32(data, FIXED_TOTAL_FILE_SIZE, total);
-    let Some(layout) = layout(data) else {
+    let Some(layout) = find_layout(data) else {
         return;
     };
     let mut fixed = data.get(..fixed_size).unwrap_or_default().to_vec();
@@ -315,8 +319,11 @@ fn mutate_field(data: &mut [u8], layout: &Layout, rng: &mut Rng) -> bool {
         return false;
     }
     let field = offset + 8 + 4 * rng.below(body_words);
-    let value = INTERESTING[rng.below(INTERESTING.len())];
-    if rng.next() % 2 == 0 && field + 8 <= offset + span {
+    let value = INTERESTING
+        .get(rng.below(INTERESTING.len()))
+        .copied()
+        .unwrap_or(0);
+    if rng.next().is_multiple_of(2) && field + 8 <= offset + span {
         write_u64(data, field, value);
     } else {
         write_u32(data, field, value as u32);
@@ -326,11 +333,17 @@ fn mutate_field(data: &mut [u8], layout: &Layout, rng: &mut Rng) -> bool {
 
 /// Copies one variable header in front of another (or removes one), moving the file data and
 /// the file offsets in the other headers so that they still point at their data.
-fn move_headers(data: &mut [u8], size: usize, max_size: usize, layout: &Layout, rng: &mut Rng) -> Option<usize> {
+fn move_headers(
+    data: &mut [u8],
+    size: usize,
+    max_size: usize,
+    layout: &Layout,
+    rng: &mut Rng,
+) -> Option<usize> {
     let found = headers(data, layout);
     let &(source, span) = found.get(rng.below(found.len()))?;
     let &(target, _) = found.get(rng.below(found.len()))?;
-    let remove = rng.next() % 3 == 0;
+    let remove = rng.next().is_multiple_of(3);
 
     let mut file = data.get(..size)?.to_vec();
     let delta: i64 = if remove {
@@ -347,7 +360,7 @@ fn move_headers(data: &mut [u8], size: usize, max_size: usize, layout: &Layout, 
     let variable_header_size = read_u32(&file, FIXED_VARIABLE_HEADER_SIZE)?;
     let new_size = u32::try_from(i64::from(variable_header_size) + delta).ok()?;
     write_u32(&mut file, FIXED_VARIABLE_HEADER_SIZE, new_size);
-    if let Some(new_layout) = layout(&file) {
+    if let Some(new_layout) = find_layout(&file) {
         for (offset, _) in headers(&file, &new_layout) {
             let Some(header_type) = read_u32(&file, offset) else {
                 continue;
@@ -370,12 +383,15 @@ fn move_headers(data: &mut [u8], size: usize, max_size: usize, layout: &Layout, 
     Some(file.len())
 }
 
-/// The `mutate_valid` mutator: one of a header field change, a header copy or removal, or a
-/// libFuzzer byte mutation, then [`repair`].
+/// Mutates a `mutate_valid` input with a header field change, a header copy or removal, or a
+/// libFuzzer byte mutation, then calls [`repair`]. Returns the new size.
 pub fn mutate(data: &mut [u8], size: usize, max_size: usize, seed: u32) -> usize {
     let mut rng = Rng(u64::from(seed) << 1 | 1);
     let size = size.min(data.len());
-    let new_size = match (rng.next() % 4, layout(data.get(..size).unwrap_or_default())) {
+    let new_size = match (
+        rng.next() % 4,
+        find_layout(data.get(..size).unwrap_or_default()),
+    ) {
         (0, Some(layout)) if mutate_field(data, &layout, &mut rng) => size,
         (1, Some(layout)) => move_headers(data, size, max_size, &layout, &mut rng)
             .unwrap_or_else(|| libfuzzer_sys::fuzzer_mutate(data, size, max_size)),

@@ -52,13 +52,14 @@ struct DmaAccess {
     address: u64,
 }
 
-/// A fw_cfg device that answered with the "QEMU" signature.
+/// A fw_cfg device whose signature item reads "QEMU".
 pub struct FwCfg {
     dma: bool,
 }
 
 impl FwCfg {
-    /// Checks the signature and reads the feature bits; `None` when no device answers.
+    /// Checks the signature and reads the feature bits. Returns `None` when the signature is
+    /// not "QEMU", which is what a missing device reads as.
     pub fn probe() -> Option<Self> {
         let mut signature = [0u8; 4];
         read_item(SIGNATURE_SELECTOR, &mut signature);
@@ -101,10 +102,10 @@ fn read_dma(selector: u16, buffer: &mut [u8]) -> bool {
     };
     let access_address = core::ptr::addr_of_mut!(access) as u64;
     compiler_fence(Ordering::SeqCst);
-    // SAFETY: the device reads the access structure and writes `length` bytes to `buffer`,
-    // both live, exclusively borrowed and identity-mapped for the whole transfer, which QEMU
-    // and igvmm finish before the port write returns; the loop below waits otherwise. The
-    // register takes the address big-endian, hence the byte swaps.
+    // SAFETY: the device reads the access structure and writes `length` bytes to `buffer`.
+    // Both are live, exclusively borrowed and identity-mapped for the whole transfer, which
+    // QEMU and igvmm finish before the port write returns; the loop below waits otherwise.
+    // The register takes the address big-endian, hence the byte swaps.
     unsafe {
         asm!(
             "out dx, eax",
@@ -146,7 +147,10 @@ impl FileSource for FwCfg {
         for _ in 0..count {
             read_data(&mut entry);
             let entry_name = entry.get(DIR_ENTRY_NAME..).unwrap_or_default();
-            let length = entry_name.iter().position(|byte| *byte == 0).unwrap_or(entry_name.len());
+            let length = entry_name
+                .iter()
+                .position(|byte| *byte == 0)
+                .unwrap_or(entry_name.len());
             if found.is_none() && entry_name.get(..length) == Some(name) {
                 let size = u32::from_be_bytes(crate::zero_page::get(&entry, 0));
                 let key = u16::from_be_bytes(crate::zero_page::get(&entry, 4));

@@ -6,10 +6,13 @@ use igvm::{
 };
 use igvm_defs::{
     IgvmNativeVpContextX64, IgvmPageDataFlags, IgvmPageDataType, IgvmPlatformType,
-    IGVM_VHS_PARAMETER_INSERT, IGVM_VHS_SUPPORTED_PLATFORM,
+    IgvmVariableHeaderType, IGVM_VHF_RELOCATABLE_REGION_APPLY_GDTR,
+    IGVM_VHF_RELOCATABLE_REGION_APPLY_RIP, IGVM_VHF_RELOCATABLE_REGION_IS_VTL2,
+    IGVM_VHS_PAGE_TABLE_RELOCATION, IGVM_VHS_PARAMETER_INSERT, IGVM_VHS_RELOCATABLE_REGION,
+    IGVM_VHS_SUPPORTED_PLATFORM,
 };
 use thiserror::Error;
-use zerocopy::FromZeros;
+use zerocopy::{FromZeros, IntoBytes};
 
 use crate::error::{error_chain, guard_igvm, LoadError};
 use crate::params::ParameterKind;
@@ -395,7 +398,12 @@ impl IgvmBuilder {
         self
     }
 
-    /// Validates the headers with the igvm crate and writes the file.
+    /// Validates the headers and writes the file.
+    ///
+    /// The igvm crate checks and writes every header except RelocatableRegion and
+    /// PageTableRelocationRegion, which igvm 0.5 accepts only next to a VBS VP context. Those
+    /// go at the end of the initialization section, in the order they were added, and the
+    /// loader's parser checks the whole file.
     pub fn build(&self) -> Result<Vec<u8>, BuildError> {
         let platforms = self
             .platforms
@@ -403,21 +411,92 @@ impl IgvmBuilder {
             .copied()
             .map(IgvmPlatformHeader::SupportedPlatform)
             .collect();
+        let (relocations, initializations): (Vec<_>, Vec<_>) = self
+            .initializations
+            .iter()
+            .cloned()
+            .partition(|header| relocation_header(header).is_some());
         let file = guard_igvm("checking the headers", || {
             IgvmFile::new(
                 IgvmRevision::V1,
                 platforms,
-                self.initializations.clone(),
+                initializations,
                 self.directives.clone(),
             )
         })??;
         let mut bytes = Vec::new();
         guard_igvm("writing the file", || file.serialize(&mut bytes))??;
-        if self.large_pages.is_empty() {
-            Ok(bytes)
-        } else {
-            Ok(raw::attach_page_data(&bytes, &self.large_pages)?)
+        if !self.large_pages.is_empty() {
+            bytes = raw::attach_page_data(&bytes, &self.large_pages)?;
         }
+        if !relocations.is_empty() {
+            let headers: Vec<(u32, Vec<u8>)> =
+                relocations.iter().filter_map(relocation_header).collect();
+            bytes = raw::insert_initialization_headers(&bytes, &headers)?;
+            crate::parse::parse(&bytes)?;
+        }
+        Ok(bytes)
+    }
+}
+
+/// Returns the type and body of a RelocatableRegion or PageTableRelocationRegion header.
+fn relocation_header(header: &IgvmInitializationHeader) -> Option<(u32, Vec<u8>)> {
+    match header {
+        IgvmInitializationHeader::RelocatableRegion {
+            compatibility_mask,
+            relocation_alignment,
+            relocation_region_gpa,
+            relocation_region_size,
+            minimum_relocation_gpa,
+            maximum_relocation_gpa,
+            is_vtl2,
+            apply_rip_offset,
+            apply_gdtr_offset,
+            vp_index,
+            vtl,
+        } => {
+            let flag = |set: bool, bit: u8| if set { bit } else { 0 };
+            let body = IGVM_VHS_RELOCATABLE_REGION {
+                compatibility_mask: *compatibility_mask,
+                vp_index: *vp_index,
+                vtl: *vtl as u8,
+                flags: flag(*is_vtl2, IGVM_VHF_RELOCATABLE_REGION_IS_VTL2)
+                    | flag(*apply_rip_offset, IGVM_VHF_RELOCATABLE_REGION_APPLY_RIP)
+                    | flag(*apply_gdtr_offset, IGVM_VHF_RELOCATABLE_REGION_APPLY_GDTR),
+                relocation_alignment: *relocation_alignment,
+                relocation_region_gpa: *relocation_region_gpa,
+                relocation_region_size: *relocation_region_size,
+                minimum_relocation_gpa: *minimum_relocation_gpa,
+                maximum_relocation_gpa: *maximum_relocation_gpa,
+            };
+            Some((
+                IgvmVariableHeaderType::IGVM_VHT_RELOCATABLE_REGION.0,
+                body.as_bytes().to_vec(),
+            ))
+        }
+        IgvmInitializationHeader::PageTableRelocationRegion {
+            compatibility_mask,
+            gpa,
+            size,
+            used_size,
+            vp_index,
+            vtl,
+        } => {
+            let body = IGVM_VHS_PAGE_TABLE_RELOCATION {
+                compatibility_mask: *compatibility_mask,
+                vp_index: *vp_index,
+                vtl: *vtl as u8,
+                reserved: 0,
+                gpa: *gpa,
+                size: *size,
+                used_size: *used_size,
+            };
+            Some((
+                IgvmVariableHeaderType::IGVM_VHT_PAGE_TABLE_RELOCATION_REGION.0,
+                body.as_bytes().to_vec(),
+            ))
+        }
+        _ => None,
     }
 }
 

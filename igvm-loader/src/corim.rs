@@ -26,7 +26,7 @@ use crate::plan::Platform;
 pub const TAG_UNSIGNED_CORIM: u64 = 501;
 /// CBOR tag of a COSE_Sign1 structure.
 pub const TAG_COSE_SIGN1: u64 = 18;
-/// CBOR tag of `tagged-concise-mid-tag` (a CoMID, as a byte string holding CBOR).
+/// CBOR tag of `tagged-concise-mid-tag` (a CoMID, as a byte string that contains CBOR).
 pub const TAG_COMID: u64 = 506;
 /// The profile of launch-measurement CoRIMs written by igvm 0.5.
 pub const LAUNCH_MEASUREMENT_PROFILE: &str = "tag:microsoft.com,2026:launch-measurement/v1";
@@ -48,31 +48,33 @@ pub enum CorimError {
     InvalidCbor {
         /// `document` or `signature`.
         what: &'static str,
-        /// What the decoder reported.
+        /// The decoder's message.
         reason: String,
     },
     /// The document does not start with CBOR tag 501.
-    #[error("the CoRIM document must be a tagged-unsigned-corim-map (CBOR tag 501), found {found}")]
+    #[error(
+        "the CoRIM document must be a tagged-unsigned-corim-map (CBOR tag 501), found {found}"
+    )]
     NotUnsignedCorim {
-        /// What the document starts with.
+        /// A description of the document's first data item.
         found: String,
     },
     /// The tag 501 content is not a map.
     #[error("the CoRIM document's tag 501 must hold a map, found {found}")]
     NotCorimMap {
-        /// What the tag holds.
+        /// A description of the tag's content.
         found: String,
     },
     /// The signature does not start with CBOR tag 18.
     #[error("the CoRIM signature must be a COSE_Sign1 (CBOR tag 18), found {found}")]
     NotCoseSign1 {
-        /// What the signature starts with.
+        /// A description of the signature's first data item.
         found: String,
     },
     /// The COSE_Sign1 is not an array of four items.
     #[error("the COSE_Sign1 must be an array of 4 items (protected, unprotected, payload, signature), found {found}")]
     MalformedCoseSign1 {
-        /// What the tag holds.
+        /// A description of the tag's content.
         found: String,
     },
     /// The COSE_Sign1 already carries a payload that is not the document.
@@ -149,7 +151,10 @@ impl std::fmt::Display for CorimWarning {
         match self {
             CorimWarning::NoProfile => write!(f, "the CoRIM has no profile"),
             CorimWarning::OtherProfile(profile) => {
-                write!(f, "the CoRIM profile is {profile:?}, not {LAUNCH_MEASUREMENT_PROFILE:?}")
+                write!(
+                    f,
+                    "the CoRIM profile is {profile:?}, not {LAUNCH_MEASUREMENT_PROFILE:?}"
+                )
             }
             CorimWarning::NoLaunchMeasurement => {
                 write!(f, "the CoRIM has no launch-measurement reference value")
@@ -162,7 +167,10 @@ impl std::fmt::Display for CorimWarning {
                 write!(f, "CoMID tag {index} of the CoRIM could not be decoded")
             }
             CorimWarning::AttachedPayload => {
-                write!(f, "the COSE_Sign1 carries an attached payload instead of a detached one")
+                write!(
+                    f,
+                    "the COSE_Sign1 carries an attached payload instead of a detached one"
+                )
             }
         }
     }
@@ -183,7 +191,7 @@ pub struct LaunchReference {
     pub digest: Vec<u8>,
 }
 
-/// What [`inspect`] found in a CoRIM document and signature.
+/// The result of [`inspect`] on a CoRIM document and signature.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CorimReport {
     /// The CoRIM id (key 0), when it is text.
@@ -291,7 +299,7 @@ fn decode(what: &'static str, bytes: &[u8]) -> Result<Value, CorimError> {
     })
 }
 
-fn map_get<'a>(map: &'a [(Value, Value)], key: i64) -> Option<&'a Value> {
+fn map_get(map: &[(Value, Value)], key: i64) -> Option<&Value> {
     map.iter().find_map(|(k, v)| match k {
         Value::Integer(integer) if i128::from(*integer) == i128::from(key) => Some(v),
         _ => None,
@@ -508,7 +516,10 @@ fn cose_payload(signature: &[u8]) -> Result<Option<Vec<u8>>, CorimError> {
 /// Only the payload item changes; the tag, protected and unprotected headers and the signature
 /// keep their bytes. A signature whose payload is already attached is returned unchanged when the
 /// payload equals the document, and rejected otherwise.
-pub fn signed_corim_bytes(document: &[u8], signature: Option<&[u8]>) -> Result<Vec<u8>, CorimError> {
+pub fn signed_corim_bytes(
+    document: &[u8],
+    signature: Option<&[u8]>,
+) -> Result<Vec<u8>, CorimError> {
     let Some(signature) = signature else {
         return Ok(document.to_vec());
     };
@@ -561,14 +572,19 @@ fn head(bytes: &[u8]) -> Result<(Head, usize), String> {
         26 => 4,
         27 => 8,
         31 if matches!(major, 2..=5) => return Ok(((major, None), 1)),
-        _ => return Err(format!("invalid additional information {info} for major type {major}")),
+        _ => {
+            return Err(format!(
+                "invalid additional information {info} for major type {major}"
+            ))
+        }
     };
     let argument = bytes
         .get(1..1 + argument_len)
         .ok_or("unexpected end of data")?;
-    let mut value = [0u8; 8];
-    value[8 - argument_len..].copy_from_slice(argument);
-    Ok(((major, Some(u64::from_be_bytes(value))), 1 + argument_len))
+    let value = argument
+        .iter()
+        .fold(0u64, |value, byte| (value << 8) | u64::from(*byte));
+    Ok(((major, Some(value)), 1 + argument_len))
 }
 
 /// Returns the encoded length of the data item at the start of `bytes`.
@@ -658,14 +674,15 @@ pub fn platform_mask(file: &IgvmFile, platform: Platform) -> Result<u32, CorimEr
 }
 
 fn parse_file(file: &[u8]) -> Result<IgvmFile, CorimError> {
-    IgvmFile::new_from_binary(file, None).map_err(|error| CorimError::InvalidFile(error.to_string()))
+    IgvmFile::new_from_binary(file, None)
+        .map_err(|error| CorimError::InvalidFile(error.to_string()))
 }
 
+/// A CoRIM document and its signature, when there is one.
+pub type CorimPair = (Vec<u8>, Option<Vec<u8>>);
+
 /// Returns the CoRIM document and signature of `platform` in an IGVM file, if it has them.
-pub fn extract(
-    file: &[u8],
-    platform: Platform,
-) -> Result<Option<(Vec<u8>, Option<Vec<u8>>)>, CorimError> {
+pub fn extract(file: &[u8], platform: Platform) -> Result<Option<CorimPair>, CorimError> {
     let parsed = parse_file(file)?;
     let mask = platform_mask(&parsed, platform)?;
     let mut document = None;
@@ -752,6 +769,52 @@ pub fn launch_measurement_corim(
     Ok(document)
 }
 
+/// Adds a launch-measurement CoRIM endorsing `svn` for every SEV-SNP and TDX platform of `file`
+/// (`igvmm pack --corim-auto`), and returns the new file.
+///
+/// The reference value is igvmm's prediction: the MRTD for TDX, and for SEV-SNP the digest of a
+/// KVM launch with one vCPU. When the file's VMSA cannot be launched on KVM, the SEV-SNP value is
+/// the file digest instead and a warning says so. A CoRIM the file already has for the platform
+/// is replaced.
+pub fn with_launch_corims(file: &[u8], svn: u64) -> Result<Vec<u8>, CorimError> {
+    use crate::measure::{self, SnpMode};
+
+    let parsed = parse_file(file)?;
+    let mut output = file.to_vec();
+    for platform in [Platform::SevSnp, Platform::Tdx] {
+        let Ok(mask) = platform_mask(&parsed, platform) else {
+            continue;
+        };
+        let plan = measure::plan_for_measurement(file, platform, 1)
+            .map_err(|error| CorimError::Generation(error.to_string()))?;
+        let prediction = match platform {
+            Platform::Tdx => measure::measure_tdx(&plan),
+            _ => measure::measure_snp(
+                &plan,
+                SnpMode::KvmLaunch {
+                    vcpus: 1,
+                    cpuid_1_eax: 0,
+                },
+            )
+            .or_else(|error| {
+                log::warn!(
+                    "{error}; the SEV-SNP CoRIM carries the file digest, which a KVM launch \
+                     does not reproduce"
+                );
+                measure::measure_snp(&plan, SnpMode::FileDigest)
+            }),
+        }
+        .map_err(|error| CorimError::Generation(error.to_string()))?;
+        let document = launch_measurement_corim(file, platform, svn, Some(&prediction.digest))?;
+        output = add_or_replace(&output, mask, &document, None)?;
+        log::info!(
+            "added a launch-measurement CoRIM for {platform} with reference value {}",
+            prediction.digest_hex()
+        );
+    }
+    Ok(output)
+}
+
 /// Replaces every occurrence of `from` with `to` (same length); returns the count.
 fn replace_all(haystack: &mut [u8], from: &[u8], to: &[u8]) -> usize {
     let mut count = 0;
@@ -799,11 +862,11 @@ const FIXED_TOTAL_SIZE: usize = 16;
 const FIXED_CHECKSUM: usize = 20;
 /// Header types whose body has a `file_offset` field, with its offset in the body.
 const FILE_OFFSET_FIELDS: &[(u32, usize)] = &[
-    (0x301, 12),                     // IGVM_VHT_PARAMETER_AREA
-    (0x302, 12),                     // IGVM_VHT_PAGE_DATA
-    (0x304, 12),                     // IGVM_VHT_VP_CONTEXT
-    (IGVM_VHT_CORIM_DOCUMENT, 4),    // IGVM_VHS_CORIM_DATA
-    (IGVM_VHT_CORIM_SIGNATURE, 4),   // IGVM_VHS_CORIM_DATA
+    (0x301, 12),                   // IGVM_VHT_PARAMETER_AREA
+    (0x302, 12),                   // IGVM_VHT_PAGE_DATA
+    (0x304, 12),                   // IGVM_VHT_VP_CONTEXT
+    (IGVM_VHT_CORIM_DOCUMENT, 4),  // IGVM_VHS_CORIM_DATA
+    (IGVM_VHT_CORIM_SIGNATURE, 4), // IGVM_VHS_CORIM_DATA
 ];
 /// Header types known to carry no file offset.
 const HEADERS_WITHOUT_DATA: &[u32] = &[
@@ -831,7 +894,9 @@ fn write_u32(bytes: &mut [u8], offset: usize, value: u32) -> Result<(), CorimErr
 
 fn walk_headers(file: &[u8]) -> Result<(usize, usize, Vec<RawHeader>), CorimError> {
     if read_u32(file, 0)? != IGVM_MAGIC {
-        return Err(CorimError::Layout("the file does not start with the IGVM magic".into()));
+        return Err(CorimError::Layout(
+            "the file does not start with the IGVM magic".into(),
+        ));
     }
     let start = read_u32(file, FIXED_VARIABLE_OFFSET)? as usize;
     let size = read_u32(file, FIXED_VARIABLE_SIZE)? as usize;
@@ -849,7 +914,9 @@ fn walk_headers(file: &[u8]) -> Result<(usize, usize, Vec<RawHeader>), CorimErro
             .map(|next| next.next_multiple_of(8))
             .filter(|next| *next <= end)
             .ok_or_else(|| {
-                CorimError::Layout(format!("variable header at {offset:#x} extends past the headers"))
+                CorimError::Layout(format!(
+                    "variable header at {offset:#x} extends past the headers"
+                ))
             })?;
         headers.push(RawHeader {
             header_type,
@@ -882,7 +949,7 @@ pub fn add_or_replace(
     document: &[u8],
     signature: Option<&[u8]>,
 ) -> Result<Vec<u8>, CorimError> {
-    // Validate the whole file with the igvm crate first, so the byte walk below sees a valid file.
+    // Validate the whole file with the igvm crate first, so the byte walk below reads a valid file.
     let parsed = parse_file(file)?;
     let known_mask = parsed.platforms().iter().any(|header| match header {
         IgvmPlatformHeader::SupportedPlatform(info) => info.compatibility_mask == platform_mask,
@@ -989,9 +1056,19 @@ pub fn add_or_replace(
     };
     for (index, header) in kept.iter().enumerate() {
         if index == insert_at {
-            write_corim(&mut output, IGVM_VHT_CORIM_DOCUMENT, document_offset, document.len());
+            write_corim(
+                &mut output,
+                IGVM_VHT_CORIM_DOCUMENT,
+                document_offset,
+                document.len(),
+            );
             if let Some(signature) = signature {
-                write_corim(&mut output, IGVM_VHT_CORIM_SIGNATURE, signature_offset, signature.len());
+                write_corim(
+                    &mut output,
+                    IGVM_VHT_CORIM_SIGNATURE,
+                    signature_offset,
+                    signature.len(),
+                );
             }
         }
         let position = output.len();
@@ -1011,9 +1088,19 @@ pub fn add_or_replace(
         }
     }
     if insert_at >= kept.len() {
-        write_corim(&mut output, IGVM_VHT_CORIM_DOCUMENT, document_offset, document.len());
+        write_corim(
+            &mut output,
+            IGVM_VHT_CORIM_DOCUMENT,
+            document_offset,
+            document.len(),
+        );
         if let Some(signature) = signature {
-            write_corim(&mut output, IGVM_VHT_CORIM_SIGNATURE, signature_offset, signature.len());
+            write_corim(
+                &mut output,
+                IGVM_VHT_CORIM_SIGNATURE,
+                signature_offset,
+                signature.len(),
+            );
         }
     }
     output.extend_from_slice(data);
@@ -1027,7 +1114,11 @@ pub fn add_or_replace(
     write_u32(&mut output, FIXED_TOTAL_SIZE, total_size)?;
     write_u32(&mut output, FIXED_CHECKSUM, 0)?;
     let mut crc = crc32fast::Hasher::new();
-    crc.update(output.get(..headers_start + new_headers_len).unwrap_or_default());
+    crc.update(
+        output
+            .get(..headers_start + new_headers_len)
+            .unwrap_or_default(),
+    );
     let checksum = crc.finalize();
     write_u32(&mut output, FIXED_CHECKSUM, checksum)?;
     Ok(output)
@@ -1062,7 +1153,10 @@ mod tests {
             501,
             Box::new(Value::Map(vec![(
                 Value::Integer(1.into()),
-                Value::Array(vec![Value::Text("x".repeat(300)), Value::Bytes(vec![1; 70000])]),
+                Value::Array(vec![
+                    Value::Text("x".repeat(300)),
+                    Value::Bytes(vec![1; 70000]),
+                ]),
             )])),
         );
         let bytes = encode(&value);
@@ -1094,7 +1188,10 @@ mod tests {
         assert_eq!(signed, expected);
         assert_eq!(cose_payload(&signed).unwrap(), Some(document.clone()));
         // Attaching again is a no-op; another document is rejected.
-        assert_eq!(signed_corim_bytes(&document, Some(&signed)).unwrap(), signed);
+        assert_eq!(
+            signed_corim_bytes(&document, Some(&signed)).unwrap(),
+            signed
+        );
         let other = encode(&Value::Tag(
             501,
             Box::new(Value::Map(vec![(
@@ -1152,7 +1249,10 @@ mod tests {
             report.warnings,
             [CorimWarning::NoProfile, CorimWarning::NoLaunchMeasurement]
         );
-        assert_eq!(report.compare(Platform::SevSnp, &[0; 48]), ReferenceMatch::NoReference);
+        assert_eq!(
+            report.compare(Platform::SevSnp, &[0; 48]),
+            ReferenceMatch::NoReference
+        );
     }
 
     #[test]

@@ -410,6 +410,22 @@ pub enum LoadError {
         /// Region size.
         size: u64,
     },
+    /// A relocatable region for which no base within its limits lies in RAM and clears the
+    /// pages that do not move.
+    #[error(
+        "{header} cannot place its {size:#x}-byte region: no aligned base at or above \
+         {minimum:#x} keeps it below {maximum:#x}, in RAM and clear of the pages that do not move"
+    )]
+    RelocationNoBase {
+        /// The RelocatableRegion header.
+        header: HeaderRef,
+        /// Region size in bytes.
+        size: u64,
+        /// Lowest base the header allows.
+        minimum: u64,
+        /// Highest address the region may reach.
+        maximum: u64,
+    },
     /// The page tables could not be rebuilt for the relocated regions.
     #[error("{header}: cannot rebuild the page tables: {message}")]
     PageTableRelocation {

@@ -185,6 +185,7 @@ pub fn summarize_parsed(parsed: &ParsedFile) -> FileSummary {
         .platform_refs
         .iter()
         .chain(&parsed.initialization_refs)
+        .chain(parsed.relocation_headers.iter().map(|(header, _)| header))
         .chain(&parsed.directive_refs);
     for header in positions {
         *header_counts

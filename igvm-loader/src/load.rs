@@ -39,8 +39,10 @@ pub struct LoadOptions {
     /// The machine the guest runs on; parameters are filled from it.
     pub host: HostDescription,
     /// Requested base of the file's first relocatable region. It is used when the region's
-    /// alignment and limits allow it and the region then lies in RAM; otherwise the file's base
-    /// is kept and a warning is logged. Files without relocatable regions ignore it.
+    /// alignment and limits allow it and the region then lies in RAM. Otherwise a warning is
+    /// logged and the loader picks the base as for `None`: the file's base when it meets the
+    /// same conditions, else the lowest free base within the limits. Files without relocatable
+    /// regions ignore it.
     pub relocation_base: Option<u64>,
 }
 
@@ -449,7 +451,9 @@ impl PlanBuilder<'_> {
             }
         }
 
-        if self.relocation.is_page_table_page(gpa) {
+        // Page tables never lie in a relocatable region. A moved page that lands in the page
+        // table region stays an import, so the overlap check reports it.
+        if moved_by.is_none() && self.relocation.is_page_table_page(gpa) {
             let next_op = self.ops.len();
             return self
                 .relocation

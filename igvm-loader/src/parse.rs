@@ -2,10 +2,15 @@
 
 use std::collections::BTreeMap;
 
+use igvm::hv_defs::Vtl;
 use igvm::{
     IgvmDirectiveHeader, IgvmFile, IgvmInitializationHeader, IgvmPlatformHeader, IgvmRevision,
 };
-use igvm_defs::{IgvmVariableHeaderType as Vht, IGVM_VHS_PAGE_DATA};
+use igvm_defs::{
+    IgvmVariableHeaderType as Vht, IGVM_VHF_RELOCATABLE_REGION_APPLY_GDTR,
+    IGVM_VHF_RELOCATABLE_REGION_APPLY_RIP, IGVM_VHF_RELOCATABLE_REGION_IS_VTL2, IGVM_VHS_PAGE_DATA,
+    IGVM_VHS_PAGE_TABLE_RELOCATION, IGVM_VHS_RELOCATABLE_REGION,
+};
 use zerocopy::FromBytes;
 
 use crate::error::{guard_igvm, LoadError};
@@ -13,7 +18,7 @@ use crate::headers::Section;
 use crate::plan::{HeaderRef, PAGE_SIZE_2M};
 use crate::platform::{platform_from_type, PlatformHeader};
 use crate::precheck;
-use crate::raw::{self, Action};
+use crate::raw::{self, Action, RawHeader};
 
 /// An IGVM file parsed by the igvm crate, with the file position of every header.
 ///
@@ -33,6 +38,10 @@ pub struct ParsedFile {
     pub platform_refs: Vec<HeaderRef>,
     /// File positions of `igvm.initializations()`, in the same order.
     pub initialization_refs: Vec<HeaderRef>,
+    /// RelocatableRegion and PageTableRelocationRegion headers with their file positions, in
+    /// file order. The loader decodes them itself because igvm 0.5 accepts them only next to a
+    /// VBS VP context, so they are not in `igvm`.
+    pub relocation_headers: Vec<(HeaderRef, IgvmInitializationHeader)>,
     /// File positions of `igvm.directives()`, in the same order.
     pub directive_refs: Vec<HeaderRef>,
     /// Optional headers of unknown types that were skipped, with their type as in the file.
@@ -64,14 +73,24 @@ impl ParsedFile {
             .collect()
     }
 
-    /// Iterates over the initialization headers with their file positions.
+    /// Iterates over the initialization headers with their file positions, in file order: those
+    /// in `igvm` and the relocation headers.
     pub fn initializations(
         &self,
     ) -> impl Iterator<Item = (HeaderRef, &IgvmInitializationHeader)> + '_ {
-        self.initialization_refs
+        let mut headers: Vec<(HeaderRef, &IgvmInitializationHeader)> = self
+            .initialization_refs
             .iter()
             .copied()
             .zip(self.igvm.initializations())
+            .chain(
+                self.relocation_headers
+                    .iter()
+                    .map(|(header, init)| (*header, init)),
+            )
+            .collect();
+        headers.sort_by_key(|(header, _)| header.index);
+        headers.into_iter()
     }
 
     /// Iterates over the directive headers with their file positions.
@@ -126,6 +145,12 @@ pub fn parse(file: &[u8]) -> Result<ParsedFile, LoadError> {
         });
     }
 
+    let relocation_headers = raw_file
+        .read(Section::Initialization)
+        .filter(|header| header.action == Action::TakeRelocation)
+        .map(|header| Ok((header.header, decode_relocation(header)?)))
+        .collect::<Result<Vec<_>, LoadError>>()?;
+
     let mut large_page_data = BTreeMap::new();
     for (position, header) in raw_file.kept(Section::Directive).enumerate() {
         if Vht(header.header.header_type) != Vht::IGVM_VHT_PAGE_DATA {
@@ -168,9 +193,59 @@ pub fn parse(file: &[u8]) -> Result<ParsedFile, LoadError> {
         revision: raw_file.revision(),
         platform_refs,
         initialization_refs,
+        relocation_headers,
         directive_refs,
         skipped_headers,
         version_string,
         large_page_data,
     })
+}
+
+/// Decodes a RelocatableRegion or PageTableRelocationRegion body as igvm 0.5 would. The flags
+/// other than IS_VTL2, APPLY_RIP and APPLY_GDTR are ignored, as the crate ignores them.
+fn decode_relocation(header: &RawHeader<'_>) -> Result<IgvmInitializationHeader, LoadError> {
+    let href = header.header;
+    let truncated = || LoadError::TruncatedHeader { header: href };
+    let vtl = |vtl: u8| {
+        Vtl::try_from(vtl).map_err(|_| LoadError::InvalidRelocationHeader {
+            header: href,
+            reason: format!("VTL {vtl} is not 0, 1 or 2"),
+        })
+    };
+    match Vht(href.header_type) {
+        Vht::IGVM_VHT_RELOCATABLE_REGION => {
+            let (region, _) = IGVM_VHS_RELOCATABLE_REGION::read_from_prefix(header.body)
+                .map_err(|_| truncated())?;
+            let flag = |bit: u8| region.flags & bit == bit;
+            Ok(IgvmInitializationHeader::RelocatableRegion {
+                compatibility_mask: region.compatibility_mask,
+                relocation_alignment: region.relocation_alignment,
+                relocation_region_gpa: region.relocation_region_gpa,
+                relocation_region_size: region.relocation_region_size,
+                minimum_relocation_gpa: region.minimum_relocation_gpa,
+                maximum_relocation_gpa: region.maximum_relocation_gpa,
+                is_vtl2: flag(IGVM_VHF_RELOCATABLE_REGION_IS_VTL2),
+                apply_rip_offset: flag(IGVM_VHF_RELOCATABLE_REGION_APPLY_RIP),
+                apply_gdtr_offset: flag(IGVM_VHF_RELOCATABLE_REGION_APPLY_GDTR),
+                vp_index: region.vp_index,
+                vtl: vtl(region.vtl)?,
+            })
+        }
+        Vht::IGVM_VHT_PAGE_TABLE_RELOCATION_REGION => {
+            let (region, _) = IGVM_VHS_PAGE_TABLE_RELOCATION::read_from_prefix(header.body)
+                .map_err(|_| truncated())?;
+            Ok(IgvmInitializationHeader::PageTableRelocationRegion {
+                compatibility_mask: region.compatibility_mask,
+                gpa: region.gpa,
+                size: region.size,
+                used_size: region.used_size,
+                vp_index: region.vp_index,
+                vtl: vtl(region.vtl)?,
+            })
+        }
+        _ => Err(LoadError::InvalidHeader {
+            header: href,
+            reason: "it is not a relocation header".to_string(),
+        }),
+    }
 }

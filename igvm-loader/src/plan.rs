@@ -123,7 +123,7 @@ impl LaunchOp {
                 PageData::Zero => None,
                 PageData::Bytes(data) => data
                     .get(offset..)
-                    .map(|rest| &rest[..rest.len().min(PAGE_SIZE_4K as usize)])
+                    .map(|rest| rest.get(..PAGE_SIZE_4K as usize).unwrap_or(rest))
                     .filter(|slice| !slice.is_empty()),
             };
             Page4k {

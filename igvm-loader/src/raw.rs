@@ -1,18 +1,24 @@
 //! The IGVM binary layout below the igvm crate: the fixed header, the variable header walk, and
-//! the rebuild of a file without the headers that the crate would reject.
+//! the rebuild of a file without the headers that the crate would reject or that the loader
+//! reads itself.
 //!
 //! An IGVM file is a fixed header (24 bytes in format version 1, 32 in version 2), a section of
 //! variable headers (each a type, a length and a body padded to 8 bytes) and a file data section.
 //! The fixed header's CRC32 covers the fixed header, with the checksum field as zero, and the
 //! variable header section. File offsets in headers count from the start of the file.
 
+use std::mem::offset_of;
+
+use igvm::{Arch, IgvmRevision};
+use igvm_defs::{
+    IgvmVariableHeaderType as Vht, IGVM_VHS_CORIM_DATA, IGVM_VHS_PAGE_DATA,
+    IGVM_VHS_PARAMETER_AREA, IGVM_VHS_VP_CONTEXT, IGVM_VHT_OPTIONAL_BIT,
+};
 use log::warn;
 
 use crate::error::LoadError;
 use crate::headers::{support, Section, Support};
 use crate::plan::{HeaderRef, PAGE_SIZE_4K};
-use igvm::{Arch, IgvmRevision};
-use igvm_defs::IGVM_VHT_OPTIONAL_BIT;
 
 /// The "IGVM" magic in little-endian order.
 pub(crate) const IGVM_MAGIC: u32 = 0x4D56_4749;
@@ -42,6 +48,9 @@ pub(crate) enum Action {
     ClearOptionalBit,
     /// The version string: removed, its text kept by the loader.
     TakeVersionString,
+    /// A RelocatableRegion or PageTableRelocationRegion: removed, decoded by the loader.
+    /// igvm 0.5 accepts these headers only next to a VBS VP context for the same platform.
+    TakeRelocation,
     /// An unknown optional header: removed.
     Skip,
 }
@@ -124,6 +133,18 @@ impl<'a> RawFile<'a> {
         self.headers.iter().filter(move |header| {
             header.section == section
                 && matches!(header.action, Action::Keep | Action::ClearOptionalBit)
+        })
+    }
+
+    /// Returns the headers of one section that the crate or the loader reads, in file order:
+    /// the kept headers and the relocation headers.
+    pub(crate) fn read(&self, section: Section) -> impl Iterator<Item = &RawHeader<'_>> + '_ {
+        self.headers.iter().filter(move |header| {
+            header.section == section
+                && matches!(
+                    header.action,
+                    Action::Keep | Action::ClearOptionalBit | Action::TakeRelocation
+                )
         })
     }
 }
@@ -315,7 +336,9 @@ fn walk_variable_headers(
                         expected: body_size,
                     });
                 }
-                if optional {
+                if is_relocation(file_type) {
+                    Action::TakeRelocation
+                } else if optional {
                     Action::ClearOptionalBit
                 } else {
                     Action::Keep
@@ -357,8 +380,18 @@ fn walk_variable_headers(
     Ok(headers)
 }
 
-/// Returns the file the igvm crate can parse: without skipped headers and the version string,
-/// with optional bits cleared, and with the header sizes and checksum fixed.
+/// Returns true for RelocatableRegion and PageTableRelocationRegion, with or without the
+/// optional bit.
+fn is_relocation(header_type: u32) -> bool {
+    matches!(
+        Vht(header_type & !IGVM_VHT_OPTIONAL_BIT),
+        Vht::IGVM_VHT_RELOCATABLE_REGION | Vht::IGVM_VHT_PAGE_TABLE_RELOCATION_REGION
+    )
+}
+
+/// Returns the file the igvm crate can parse: without skipped headers, the version string and
+/// the relocation headers, with optional bits cleared, and with the header sizes and checksum
+/// fixed.
 ///
 /// The file data keeps its offsets: the removed bytes become zero padding at the start of the
 /// file data section. igvm 0.5 rejects a file without any file data, so an empty file data
@@ -468,7 +501,91 @@ pub(crate) fn assemble_data_offset(headers: &[(u32, Vec<u8>)]) -> u32 {
 }
 
 /// Offset of `file_offset` in an `IGVM_VHS_PAGE_DATA` body.
-const PAGE_DATA_FILE_OFFSET: usize = 12;
+const PAGE_DATA_FILE_OFFSET: usize = offset_of!(IGVM_VHS_PAGE_DATA, file_offset);
+
+/// Returns the offset of the `file_offset` field in the body of a header type that has one.
+fn file_offset_field(header_type: u32) -> Option<usize> {
+    match Vht(header_type & !IGVM_VHT_OPTIONAL_BIT) {
+        Vht::IGVM_VHT_PAGE_DATA => Some(PAGE_DATA_FILE_OFFSET),
+        Vht::IGVM_VHT_PARAMETER_AREA => Some(offset_of!(IGVM_VHS_PARAMETER_AREA, file_offset)),
+        Vht::IGVM_VHT_VP_CONTEXT => Some(offset_of!(IGVM_VHS_VP_CONTEXT, file_offset)),
+        Vht::IGVM_VHT_CORIM_DOCUMENT | Vht::IGVM_VHT_CORIM_SIGNATURE => {
+            Some(offset_of!(IGVM_VHS_CORIM_DATA, file_offset))
+        }
+        _ => None,
+    }
+}
+
+/// Inserts variable headers, given as `(type, body)`, at the end of the initialization
+/// section of a file, and moves the file data behind them.
+///
+/// Every non-zero file offset in the known headers grows by the inserted size, and the header
+/// sizes and checksum are fixed. This writes headers that igvm 0.5's serializer refuses, such
+/// as relocation headers in a file without a VBS VP context. Unknown optional headers keep
+/// their bodies as they are, so the file must not have any that point to file data.
+pub(crate) fn insert_initialization_headers(
+    file: &[u8],
+    inserted: &[(u32, Vec<u8>)],
+) -> Result<Vec<u8>, LoadError> {
+    let too_large = || invalid_fixed_header("the file exceeds 4 GiB".to_string());
+    let raw = walk(file)?;
+    let mut extra = Vec::new();
+    for (header_type, body) in inserted {
+        let length = u32::try_from(body.len()).map_err(|_| too_large())?;
+        extra.extend_from_slice(&header_type.to_le_bytes());
+        extra.extend_from_slice(&length.to_le_bytes());
+        extra.extend_from_slice(body);
+        extra.resize(align_8(extra.len()).ok_or_else(too_large)?, 0);
+    }
+    let delta = u32::try_from(extra.len()).map_err(|_| too_large())?;
+
+    let insert_at = raw
+        .headers
+        .iter()
+        .find(|header| header.section == Section::Directive)
+        .map_or(raw.file_data_start(), |header| header.offset);
+    let mut out = Vec::with_capacity(file.len() + extra.len());
+    out.extend_from_slice(file.get(..insert_at).unwrap_or_default());
+    out.extend_from_slice(&extra);
+    out.extend_from_slice(file.get(insert_at..).unwrap_or_default());
+
+    for header in &raw.headers {
+        let Some(field) = file_offset_field(header.header.header_type) else {
+            continue;
+        };
+        let shift = if header.offset >= insert_at {
+            extra.len()
+        } else {
+            0
+        };
+        let position = header.offset + shift + VARIABLE_HEADER_PREFIX + field;
+        let offset = read_u32(&out, position).unwrap_or(0);
+        if offset != 0 {
+            let moved = offset.checked_add(delta).ok_or_else(too_large)?;
+            write_u32(&mut out, position, moved);
+        }
+    }
+
+    let variable_header_size = raw.variable_header_size + extra.len();
+    let variable_header_size = u32::try_from(variable_header_size).map_err(|_| too_large())?;
+    let total_file_size = u32::try_from(out.len()).map_err(|_| too_large())?;
+    write_u32(&mut out, OFFSET_VARIABLE_HEADER_SIZE, variable_header_size);
+    write_u32(&mut out, OFFSET_TOTAL_FILE_SIZE, total_file_size);
+    let fixed_header = out
+        .get(..raw.fixed_header_size)
+        .unwrap_or_default()
+        .to_vec();
+    let variable_headers = out
+        .get(raw.variable_header_offset..raw.file_data_start() + extra.len())
+        .unwrap_or_default()
+        .to_vec();
+    write_u32(
+        &mut out,
+        OFFSET_CHECKSUM,
+        header_checksum(&fixed_header, &variable_headers),
+    );
+    Ok(out)
+}
 
 /// Appends file data for PageData directives of a serialized file and points them at it.
 ///

@@ -3,73 +3,148 @@
 //! A relocatable region may move as a whole to another base within the limits its header sets.
 //! Every import, range and VMSA GPA inside it moves by the same offset. The RIP and GDTR of the
 //! named VP move with it when the header sets the matching flags. The page table region stays
-//! at the file's address. When any region moves, igvm's `PageTableRelocationBuilder` rebuilds
-//! the tables so that they identity-map the moved regions at their new addresses.
+//! at the file's address. When any region moves, [`page_tables`] rebuilds the tables so that
+//! they identity-map the moved regions at their new addresses.
 //!
-//! Only the first relocatable region of the chosen platform takes the requested base. The
-//! others stay at the file's base.
+//! The loader decodes these headers itself (see [`crate::parse`]), because igvm 0.5 accepts
+//! them only next to a VBS VP context. Each region of the chosen platform gets, in file order:
+//! 1. the requested base, for the first region only, if it is aligned, within the limits and
+//!    leaves the region in RAM;
+//! 2. otherwise the file's base, if it meets the same conditions;
+//! 3. otherwise the lowest aligned base at or above the minimum that leaves the region in RAM
+//!    and outside the MMIO ranges. The region must also clear every import that does not move,
+//!    the page table region and the regions placed before it.
+//!
+//! The maximum is the highest address the region may reach, as igvm 0.5's
+//! `IgvmRelocatableRegion::relocation_base_valid` reads it: a base is valid if the region ends
+//! at or below the maximum.
 
-use std::collections::{BTreeMap, BTreeSet};
+mod page_tables;
 
-use igvm::page_table::{CpuPagingState, PageTableRelocationBuilder};
-use igvm::{IgvmInitializationHeader, IgvmRelocatableRegion};
+use std::collections::{BTreeMap, HashMap};
+
+use igvm::hv_defs::Vtl;
+use igvm::{IgvmDirectiveHeader, IgvmInitializationHeader};
 use log::{info, warn};
-use range_map_vec::RangeMap;
 
-use crate::error::{guard_igvm, LoadError};
+use crate::error::LoadError;
 use crate::parse::ParsedFile;
-use crate::plan::{HeaderRef, LaunchOp, PageData, PageKind, VpContext, VpState, PAGE_SIZE_4K};
+use crate::plan::{
+    HeaderRef, LaunchOp, PageData, PageKind, VpContext, VpState, PAGE_SIZE_2M, PAGE_SIZE_4K,
+};
 use crate::validate::MemoryLayout;
+use page_tables::{MovedRange, TableRegion};
 
-/// CR4.LA57: 5-level paging, which igvm 0.5 cannot relocate.
+/// CR0.PG: paging enabled.
+const X64_CR0_PG: u64 = 1 << 31;
+/// CR4.PAE: physical address extension, part of 4-level paging.
+const X64_CR4_PAE: u64 = 1 << 5;
+/// CR4.LA57: 5-level paging, which the rebuild does not walk.
 const X64_CR4_LA57: u64 = 1 << 12;
+/// EFER.LME: long mode enabled, which selects 4-level paging with CR4.PAE.
+const X64_EFER_LME: u64 = 1 << 8;
+
+/// A RelocatableRegion header of the chosen platform.
+#[derive(Debug, Clone, Copy)]
+struct RegionHeader {
+    header: HeaderRef,
+    base: u64,
+    size: u64,
+    alignment: u64,
+    minimum: u64,
+    maximum: u64,
+    apply_rip: bool,
+    apply_gdtr: bool,
+    vp_index: u16,
+    vtl: Vtl,
+}
+
+impl RegionHeader {
+    fn from_header(header: HeaderRef, init: &IgvmInitializationHeader) -> Option<Self> {
+        match init {
+            IgvmInitializationHeader::RelocatableRegion {
+                relocation_alignment,
+                relocation_region_gpa,
+                relocation_region_size,
+                minimum_relocation_gpa,
+                maximum_relocation_gpa,
+                apply_rip_offset,
+                apply_gdtr_offset,
+                vp_index,
+                vtl,
+                ..
+            } => Some(Self {
+                header,
+                base: *relocation_region_gpa,
+                size: *relocation_region_size,
+                alignment: *relocation_alignment,
+                minimum: *minimum_relocation_gpa,
+                maximum: *maximum_relocation_gpa,
+                apply_rip: *apply_rip_offset,
+                apply_gdtr: *apply_gdtr_offset,
+                vp_index: *vp_index,
+                vtl: *vtl,
+            }),
+            _ => None,
+        }
+    }
+
+    fn contains(&self, gpa: u64) -> bool {
+        gpa >= self.base && gpa - self.base < self.size
+    }
+
+    /// Returns true if `base` is aligned, within the limits, reachable by an i64 offset and
+    /// leaves the region in RAM.
+    fn accepts(&self, base: u64, layout: &MemoryLayout) -> bool {
+        let aligned = self.alignment != 0 && base % self.alignment == 0;
+        let within_limits = base >= self.minimum
+            && base
+                .checked_add(self.size)
+                .is_some_and(|end| end <= self.maximum);
+        aligned
+            && within_limits
+            && signed_offset(self.base, base).is_some()
+            && layout.contains_ram(base, self.size)
+    }
+}
 
 /// A relocatable region and where it ends up.
 #[derive(Debug, Clone)]
 pub(crate) struct MovedRegion {
-    /// The RelocatableRegion header.
-    pub header: HeaderRef,
-    /// Base in the file.
-    pub old_base: u64,
-    /// Size in bytes.
-    pub size: u64,
+    region: RegionHeader,
     /// Base chosen for this launch.
-    pub new_base: u64,
-    /// Whether the RIP of `vp_index` moves with the region.
-    pub apply_rip: bool,
-    /// Whether the GDTR base of `vp_index` moves with the region.
-    pub apply_gdtr: bool,
-    /// The VP whose registers move.
-    pub vp_index: u16,
+    new_base: u64,
 }
 
 impl MovedRegion {
-    fn contains_old(&self, gpa: u64) -> bool {
-        gpa >= self.old_base && gpa - self.old_base < self.size
-    }
-
-    /// Returns the signed relocation offset. [`choose_base`] only moves a region by an offset
-    /// that fits in i64.
+    /// Returns the signed relocation offset. [`RegionHeader::accepts`] only passes bases whose
+    /// offset fits in i64.
     fn offset(&self) -> i64 {
-        signed_offset(self.old_base, self.new_base).unwrap_or(0)
+        signed_offset(self.region.base, self.new_base).unwrap_or(0)
     }
 
     fn moves(&self) -> bool {
-        self.new_base != self.old_base
+        self.new_base != self.region.base
     }
 }
 
-/// The page table region while its pages are collected for the rebuild.
-struct PageTableRebuild {
+/// A page the file puts in the page table region.
+struct TablePage {
+    kind: PageKind,
+    source: HeaderRef,
+    data: Vec<u8>,
+}
+
+/// The page table region of the chosen platform.
+struct PageTableRegion {
     header: HeaderRef,
-    gpa: u64,
-    used_size: u64,
+    region: TableRegion,
     vp_index: u16,
-    builder: PageTableRelocationBuilder,
-    /// Kind and source of each page the file puts in the region.
-    pages: BTreeMap<u64, (PageKind, HeaderRef)>,
-    /// Contents of those pages, for the structure check before the rebuild.
-    tables: BTreeMap<u64, Vec<u8>>,
+    vtl: Vtl,
+    /// Whether a region moves, so that the tables are rebuilt.
+    rebuild: bool,
+    /// The pages the file puts in the region, by GPA, while a rebuild collects them.
+    pages: BTreeMap<u64, TablePage>,
     /// Operation index where the rebuilt tables go: where the first table page was.
     insert_at: Option<usize>,
 }
@@ -77,12 +152,11 @@ struct PageTableRebuild {
 /// The relocation decided for one launch.
 pub(crate) struct Relocation {
     regions: Vec<MovedRegion>,
-    page_table: Option<PageTableRebuild>,
+    page_table: Option<PageTableRegion>,
 }
 
 impl Relocation {
-    /// Reads the relocation headers for `mask`, picks a base for each region and prepares the
-    /// page table rebuild when a region moves.
+    /// Reads the relocation headers for `mask` and picks a base for each region.
     pub(crate) fn prepare(
         parsed: &ParsedFile,
         mask: u32,
@@ -90,20 +164,23 @@ impl Relocation {
         layout: &MemoryLayout,
     ) -> Result<Self, LoadError> {
         let applies = |header_mask: u32| header_mask & mask == mask;
-        let mut region_refs = Vec::new();
-        let mut page_table_ref = None;
+        let mut headers = Vec::new();
+        let mut page_table = None;
         for (header, init) in parsed.initializations() {
             match init {
                 IgvmInitializationHeader::RelocatableRegion {
                     compatibility_mask, ..
-                } if applies(*compatibility_mask) => region_refs.push(header),
+                } if applies(*compatibility_mask) => {
+                    headers.extend(RegionHeader::from_header(header, init));
+                }
                 IgvmInitializationHeader::PageTableRelocationRegion {
                     compatibility_mask,
                     gpa,
                     size,
-                    ..
+                    used_size,
+                    vp_index,
+                    vtl,
                 } if applies(*compatibility_mask) => {
-                    // The region must be RAM before igvm allocates a buffer of its size.
                     if !layout.contains_ram(*gpa, *size) {
                         return Err(LoadError::RelocationOutsideRam {
                             header,
@@ -111,66 +188,63 @@ impl Relocation {
                             size: *size,
                         });
                     }
-                    page_table_ref = Some(header);
+                    page_table = Some(PageTableRegion {
+                        header,
+                        region: TableRegion {
+                            gpa: *gpa,
+                            size: *size,
+                            used_size: *used_size,
+                        },
+                        vp_index: *vp_index,
+                        vtl: *vtl,
+                        rebuild: false,
+                        pages: BTreeMap::new(),
+                        insert_at: None,
+                    });
                 }
                 _ => {}
             }
         }
-        if region_refs.is_empty() && page_table_ref.is_none() {
+        if headers.is_empty() {
             return Ok(Self {
                 regions: Vec::new(),
-                page_table: None,
+                page_table,
             });
         }
 
-        let (crate_regions, crate_builder) = guard_igvm("reading relocation headers", || {
-            parsed.igvm.relocations(mask)
-        })?;
-        let crate_regions = crate_regions.unwrap_or_default();
-
-        let mut regions = Vec::new();
-        for (position, (header, region)) in region_refs.iter().zip(&crate_regions).enumerate() {
+        let fixed = fixed_ranges(parsed, mask, &headers, page_table.as_ref());
+        let mut regions: Vec<MovedRegion> = Vec::new();
+        for (position, region) in headers.iter().enumerate() {
             let requested = if position == 0 { requested_base } else { None };
-            let new_base =
-                choose_base(*header, region, requested, layout, page_table_ref.is_some());
-            if !layout.contains_ram(new_base, region.size) {
-                return Err(LoadError::RelocationOutsideRam {
-                    header: *header,
-                    gpa: new_base,
-                    size: region.size,
-                });
-            }
-            if new_base != region.base_gpa {
+            let mut blockers = fixed.clone();
+            blockers.extend(
+                layout
+                    .mmio_ranges()
+                    .iter()
+                    .map(|(base, size)| (*base, base.saturating_add(*size))),
+            );
+            blockers.extend(
+                regions
+                    .iter()
+                    .map(|r| (r.new_base, r.new_base.saturating_add(r.region.size))),
+            );
+            let blockers = merge_ranges(blockers);
+            let new_base = choose_base(region, requested, layout, &blockers)?;
+            if new_base != region.base {
                 info!(
-                    "{header}: relocating {:#x} bytes from {:#x} to {new_base:#x}",
-                    region.size, region.base_gpa
+                    "{}: relocating {:#x} bytes from {:#x} to {new_base:#x}",
+                    region.header, region.size, region.base
                 );
             }
             regions.push(MovedRegion {
-                header: *header,
-                old_base: region.base_gpa,
-                size: region.size,
+                region: *region,
                 new_base,
-                apply_rip: region.apply_rip_offset,
-                apply_gdtr: region.apply_gdtr_offset,
-                vp_index: region.vp_index,
             });
         }
 
-        let any_moves = regions.iter().any(MovedRegion::moves);
-        let page_table = match (page_table_ref, crate_builder) {
-            (Some(header), Some(builder)) if any_moves => Some(PageTableRebuild {
-                header,
-                gpa: builder.gpa,
-                used_size: builder.used_size,
-                vp_index: builder.vp_index,
-                builder,
-                pages: BTreeMap::new(),
-                tables: BTreeMap::new(),
-                insert_at: None,
-            }),
-            _ => None,
-        };
+        if let Some(page_table) = page_table.as_mut() {
+            page_table.rebuild = regions.iter().any(MovedRegion::moves);
+        }
         Ok(Self {
             regions,
             page_table,
@@ -182,11 +256,11 @@ impl Relocation {
         match self
             .regions
             .iter()
-            .find(|r| r.moves() && r.contains_old(gpa))
+            .find(|r| r.moves() && r.region.contains(gpa))
         {
-            Some(region) => (
-                region.new_base + (gpa - region.old_base),
-                Some(region.header),
+            Some(moved) => (
+                moved.new_base + (gpa - moved.region.base),
+                Some(moved.region.header),
             ),
             None => (gpa, None),
         }
@@ -196,7 +270,7 @@ impl Relocation {
     pub(crate) fn is_page_table_page(&self, gpa: u64) -> bool {
         self.page_table
             .as_ref()
-            .is_some_and(|pt| gpa >= pt.gpa && gpa - pt.gpa < pt.builder.size)
+            .is_some_and(|pt| pt.rebuild && pt.region.offset_of(gpa).is_some())
     }
 
     /// Returns true once a page table page has been collected; operations recorded after that
@@ -220,35 +294,46 @@ impl Relocation {
         let Some(pt) = self.page_table.as_mut() else {
             return Ok(());
         };
-        let fail = |message: String| LoadError::PageTableRelocation {
-            header: pt.header,
-            message,
-        };
+        let header = pt.header;
+        let fail = |message: String| LoadError::PageTableRelocation { header, message };
         if size != PAGE_SIZE_4K {
             return Err(fail(format!(
                 "{source} puts a large page at {gpa:#x} inside the page table region"
             )));
         }
-        if gpa
-            .checked_sub(pt.gpa)
-            .is_none_or(|offset| offset >= pt.used_size)
+        if pt
+            .region
+            .offset_of(gpa)
+            .is_none_or(|offset| offset >= pt.region.used_size)
         {
             return Err(fail(format!(
                 "{source} puts a page at {gpa:#x}, beyond the used size {:#x} of the region",
-                pt.used_size
+                pt.region.used_size
             )));
         }
-        pt.builder
-            .set_page_data(gpa, data)
-            .map_err(|error| fail(format!("{source}: {error}")))?;
-        pt.pages.insert(gpa, (kind, source));
-        pt.tables.insert(gpa, data.to_vec());
+        if let Some(first) = pt.pages.get(&gpa) {
+            return Err(LoadError::OverlappingPages {
+                header: source,
+                other: first.source,
+                gpa,
+            });
+        }
+        let mut page = data.to_vec();
+        page.resize(PAGE_SIZE_4K as usize, 0);
+        pt.pages.insert(
+            gpa,
+            TablePage {
+                kind,
+                source,
+                data: page,
+            },
+        );
         pt.insert_at.get_or_insert(next_op);
         Ok(())
     }
 
-    /// Moves the RIP and GDTR of VPs whose region moved, then rebuilds the page tables and
-    /// puts them in the plan where the first page table page was.
+    /// Checks the VPs the headers name, moves the RIP and GDTR of VPs whose region moved, then
+    /// rebuilds the page tables and puts them in the plan where the first page table page was.
     ///
     /// `after_tables[i]` is true if context `i` came after the first page table page.
     pub(crate) fn finish(
@@ -258,67 +343,34 @@ impl Relocation {
         contexts: &mut [VpContext],
         after_tables: &[bool],
     ) -> Result<(), LoadError> {
-        for region in self.regions.iter().filter(|r| r.moves()) {
-            adjust_registers(region, contexts)?;
-        }
-
-        let Some(pt) = self.page_table else {
-            return Ok(());
-        };
-        let fail = |message: String| LoadError::PageTableRelocation {
-            header: pt.header,
-            message,
-        };
-        let context = contexts
-            .iter()
-            .find(|c| c.vp_index == pt.vp_index)
-            .ok_or_else(|| fail(format!("no VP context for vCPU {} gives CR3", pt.vp_index)))?;
-        let (cr3, cr4) = match &context.state {
-            VpState::Native(native) => (native.cr3, native.cr4),
-            VpState::Snp { vmsa, .. } => (vmsa.cr3, vmsa.cr4),
-        };
-        if cr4 & X64_CR4_LA57 != 0 {
-            return Err(fail("5-level paging cannot be relocated".to_string()));
-        }
-        if cr3 < pt.gpa || cr3 - pt.gpa >= pt.used_size {
-            return Err(fail(format!(
-                "CR3 {cr3:#x} is outside the used part of the region at {:#x}",
-                pt.gpa
-            )));
-        }
-
-        check_table_structure(&pt.tables, (pt.gpa, pt.builder.size), pt.used_size, cr3)
-            .map_err(fail)?;
-
-        let mut offsets = RangeMap::new();
-        for region in self.regions.iter().filter(|r| r.moves()) {
-            let last = region.old_base + (region.size - 1);
-            if !offsets.insert(region.old_base..=last, region.offset()) {
-                return Err(fail(format!("{} overlaps another region", region.header)));
+        for moved in &self.regions {
+            let region = &moved.region;
+            if region.apply_rip || region.apply_gdtr {
+                let action = "moves the RIP or GDTR of";
+                find_context(region.header, region.vp_index, region.vtl, action, contexts)?;
             }
         }
-        let builder = pt.builder;
-        let tables = guard_igvm("rebuilding page tables", move || {
-            builder.build(0, offsets, CpuPagingState { cr3, cr4 })
-        })?
-        .map_err(|error| fail(error.to_string()))?;
-
-        let mut new_ops = Vec::new();
-        for (page, bytes) in tables.chunks(PAGE_SIZE_4K as usize).enumerate() {
-            let gpa = pt.gpa + page as u64 * PAGE_SIZE_4K;
-            let (kind, source) = pt
-                .pages
-                .get(&gpa)
-                .copied()
-                .unwrap_or((PageKind::Normal, pt.header));
-            new_ops.push(LaunchOp {
-                gpa,
-                size: PAGE_SIZE_4K,
-                kind,
-                data: PageData::Bytes(bytes.to_vec()),
-                source,
-            });
+        if let Some(pt) = &self.page_table {
+            find_context(pt.header, pt.vp_index, pt.vtl, "reads CR3 of", contexts)?;
         }
+        for moved in self.regions.iter().filter(|r| r.moves()) {
+            adjust_registers(moved, contexts)?;
+        }
+
+        let Some(pt) = self.page_table.filter(|pt| pt.rebuild) else {
+            return Ok(());
+        };
+        let moved_ranges: Vec<MovedRange> = self
+            .regions
+            .iter()
+            .filter(|r| r.moves())
+            .map(|r| MovedRange {
+                start: r.region.base,
+                size: r.region.size,
+                offset: r.offset(),
+            })
+            .collect();
+        let new_ops = rebuild_page_tables(&pt, contexts, &moved_ranges)?;
 
         let insert_at = pt.insert_at.unwrap_or(ops.len()).min(ops.len());
         let added = new_ops.len();
@@ -333,110 +385,234 @@ impl Relocation {
     }
 }
 
-/// Picks the base of one region: the requested base when the region allows it and it lies in
-/// RAM, otherwise the file's base.
-///
-/// NOTE: igvm 0.5's page table rebuild moves page table entries the wrong way for a negative
-/// offset (`relocate_address` subtracts the offset cast to u64), so with a page table region
-/// only bases at or above the file's base are used.
-fn choose_base(
+/// Returns the context of `vp_index`, or the error that names `header`. `action` describes what
+/// the header does with the context, for the message.
+fn find_context<'a>(
     header: HeaderRef,
-    region: &IgvmRelocatableRegion,
-    requested: Option<u64>,
-    layout: &MemoryLayout,
-    has_page_tables: bool,
-) -> u64 {
-    let Some(base) = requested else {
-        return region.base_gpa;
-    };
-    if has_page_tables && base < region.base_gpa {
-        warn!(
-            "{header}: requested base {base:#x} is below the file's base {:#x}, and igvm 0.5 \
-             cannot rebuild page tables for a downward move; keeping the file's base",
-            region.base_gpa
-        );
-        return region.base_gpa;
+    vp_index: u16,
+    vtl: Vtl,
+    action: &str,
+    contexts: &'a mut [VpContext],
+) -> Result<&'a mut VpContext, LoadError> {
+    if vtl != Vtl::Vtl0 {
+        return Err(LoadError::InvalidRelocationHeader {
+            header,
+            reason: format!(
+                "it {action} vCPU {vp_index} at VTL {}, but the loader starts VTL 0 only",
+                vtl as u8
+            ),
+        });
     }
-    let aligned = region.relocation_alignment != 0 && base % region.relocation_alignment == 0;
-    let within_limits = base >= region.minimum_relocation_gpa
-        && base
-            .checked_add(region.size)
-            .is_some_and(|end| end <= region.maximum_relocation_gpa);
-    let offset_fits = signed_offset(region.base_gpa, base).is_some();
-    if aligned && within_limits && offset_fits && layout.contains_ram(base, region.size) {
-        return base;
-    }
-    warn!(
-        "{header}: requested base {base:#x} is not usable (alignment {:#x}, limits {:#x}..{:#x}, \
-         must lie in RAM); keeping the file's base {:#x}",
-        region.relocation_alignment,
-        region.minimum_relocation_gpa,
-        region.maximum_relocation_gpa,
-        region.base_gpa
-    );
-    region.base_gpa
+    contexts
+        .iter_mut()
+        .find(|c| c.vp_index == vp_index)
+        .ok_or_else(|| LoadError::InvalidRelocationHeader {
+            header,
+            reason: format!("it {action} vCPU {vp_index}, which has no VP context"),
+        })
 }
 
-/// Present bit of a page table entry.
-const PTE_PRESENT: u64 = 1 << 0;
-/// Large-page bit of a page directory or PDPT entry.
-const PTE_LARGE_PAGE: u64 = 1 << 7;
-/// Physical address bits of a page table entry.
-const PTE_ADDRESS: u64 = 0x000F_FFFF_FFFF_F000;
-/// Entries per page table.
-const PTE_COUNT: usize = 512;
+/// Rebuilds the tables of `pt` and returns them as launch operations, in GPA order.
+fn rebuild_page_tables(
+    pt: &PageTableRegion,
+    contexts: &mut [VpContext],
+    moved: &[MovedRange],
+) -> Result<Vec<LaunchOp>, LoadError> {
+    let header = pt.header;
+    let fail = |message: String| LoadError::PageTableRelocation { header, message };
+    let context = find_context(pt.header, pt.vp_index, pt.vtl, "reads CR3 of", contexts)?;
+    let (cr0, cr3, cr4, efer) = match &context.state {
+        VpState::Native(native) => (native.cr0, native.cr3, native.cr4, native.efer),
+        VpState::Snp { vmsa, .. } => (vmsa.cr0, vmsa.cr3, vmsa.cr4, vmsa.efer),
+    };
+    if cr4 & X64_CR4_LA57 != 0 {
+        return Err(fail("5-level paging cannot be relocated".to_string()));
+    }
+    let four_level = cr0 & X64_CR0_PG != 0 && cr4 & X64_CR4_PAE != 0 && efer & X64_EFER_LME != 0;
+    if !four_level {
+        return Err(fail(format!(
+            "vCPU {} does not start with 4-level paging (CR0 {cr0:#x}, CR4 {cr4:#x}, EFER \
+             {efer:#x})",
+            pt.vp_index
+        )));
+    }
+    if pt
+        .region
+        .offset_of(cr3)
+        .is_none_or(|offset| offset >= pt.region.used_size)
+    {
+        return Err(fail(format!(
+            "CR3 {cr3:#x} is outside the used part of the region at {:#x}",
+            pt.region.gpa
+        )));
+    }
 
-/// Checks the page tables that igvm's rebuild walks from CR3. Every table that an entry points
-/// to inside the region must lie in the region's used part, and no table may be reached twice.
-///
-/// igvm 0.5 indexes its table list without a bounds check, so a table outside the used part
-/// makes it panic. It also walks every reference again, so shared tables multiply the walk up
-/// to 512^3 entries.
-fn check_table_structure(
-    tables: &BTreeMap<u64, Vec<u8>>,
-    region: (u64, u64),
-    used_size: u64,
-    cr3: u64,
-) -> Result<(), String> {
-    let (region_gpa, region_size) = region;
-    let offset_in_region = |gpa: u64| gpa.checked_sub(region_gpa).filter(|o| *o < region_size);
-    let mut visited = BTreeSet::new();
-    // Tables still to read, with their level: 3 is the PML4, 0 a table of 4 KiB pages.
-    let mut pending = vec![(cr3 & PTE_ADDRESS, 3u8)];
-    while let Some((table_gpa, level)) = pending.pop() {
-        if !visited.insert(table_gpa) {
-            return Err(format!("page table {table_gpa:#x} is referenced twice"));
-        }
-        // A page the file leaves out of the region has only zero entries.
-        let Some(table) = tables.get(&table_gpa) else {
+    let pages: BTreeMap<u64, Vec<u8>> = pt
+        .pages
+        .iter()
+        .map(|(gpa, page)| (*gpa, page.data.clone()))
+        .collect();
+    let tables = page_tables::rebuild(pt.region, &pages, cr3, moved).map_err(fail)?;
+    Ok(tables
+        .into_iter()
+        .map(|(gpa, bytes)| {
+            let (kind, source) = pt
+                .pages
+                .get(&gpa)
+                .map_or((PageKind::Normal, pt.header), |page| {
+                    (page.kind, page.source)
+                });
+            LaunchOp {
+                gpa,
+                size: PAGE_SIZE_4K,
+                kind,
+                data: PageData::Bytes(bytes),
+                source,
+            }
+        })
+        .collect())
+}
+
+/// Returns the ranges, sorted and merged, that the imports of `mask` which no region moves
+/// cover, together with the page table region.
+fn fixed_ranges(
+    parsed: &ParsedFile,
+    mask: u32,
+    regions: &[RegionHeader],
+    page_table: Option<&PageTableRegion>,
+) -> Vec<(u64, u64)> {
+    let moves = |gpa: u64| regions.iter().any(|region| region.contains(gpa));
+    let mut ranges = Vec::new();
+    let mut area_sizes: HashMap<u32, u64> = HashMap::new();
+    for (_, directive) in parsed.directives() {
+        if let IgvmDirectiveHeader::ParameterArea {
+            number_of_bytes,
+            parameter_area_index,
+            ..
+        } = directive
+        {
+            area_sizes.insert(*parameter_area_index, *number_of_bytes);
             continue;
+        }
+        if directive
+            .compatibility_mask()
+            .is_some_and(|directive_mask| directive_mask & mask == 0)
+        {
+            continue;
+        }
+        let import = match directive {
+            IgvmDirectiveHeader::PageData { gpa, flags, .. } => {
+                let size = if flags.is_2mb_page() {
+                    PAGE_SIZE_2M
+                } else {
+                    PAGE_SIZE_4K
+                };
+                Some((*gpa, size))
+            }
+            IgvmDirectiveHeader::ParameterInsert(insert) => area_sizes
+                .get(&insert.parameter_area_index)
+                .map(|size| (insert.gpa, *size)),
+            IgvmDirectiveHeader::SnpVpContext { gpa, .. } => Some((*gpa, PAGE_SIZE_4K)),
+            _ => None,
         };
-        for entry_bytes in table.chunks_exact(8).take(PTE_COUNT) {
-            let mut raw = [0u8; 8];
-            raw.copy_from_slice(entry_bytes);
-            let entry = u64::from_le_bytes(raw);
-            let points_to_table = match level {
-                3 => true,
-                1 | 2 => entry & PTE_LARGE_PAGE == 0,
-                _ => false,
-            };
-            if entry & PTE_PRESENT == 0 || !points_to_table {
-                continue;
-            }
-            let next = entry & PTE_ADDRESS;
-            // igvm walks only tables inside the region and leaves the others as they are.
-            let Some(offset) = offset_in_region(next) else {
-                continue;
-            };
-            if offset >= used_size {
-                return Err(format!(
-                    "page table {table_gpa:#x} points to {next:#x}, beyond the used size {used_size:#x}"
-                ));
-            }
-            pending.push((next, level - 1));
+        if let Some((gpa, size)) = import.filter(|(gpa, _)| !moves(*gpa)) {
+            ranges.push((gpa, gpa.saturating_add(size)));
         }
     }
-    Ok(())
+    if let Some(pt) = page_table {
+        let region = pt.region;
+        ranges.push((region.gpa, region.gpa.saturating_add(region.size)));
+    }
+    merge_ranges(ranges)
+}
+
+/// Sorts `[start, end)` ranges and merges those that overlap or touch.
+fn merge_ranges(mut ranges: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+    ranges.retain(|(start, end)| start < end);
+    ranges.sort_unstable();
+    let mut merged: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
+    for (start, end) in ranges {
+        match merged.last_mut() {
+            Some((_, last_end)) if start <= *last_end => *last_end = (*last_end).max(end),
+            _ => merged.push((start, end)),
+        }
+    }
+    merged
+}
+
+/// Picks the base of one region, as the module documentation describes. `blockers` are sorted,
+/// merged ranges that the region must not overlap when the loader picks the base itself.
+fn choose_base(
+    region: &RegionHeader,
+    requested: Option<u64>,
+    layout: &MemoryLayout,
+    blockers: &[(u64, u64)],
+) -> Result<u64, LoadError> {
+    if let Some(base) = requested {
+        if region.accepts(base, layout) {
+            return Ok(base);
+        }
+        warn!(
+            "{}: requested base {base:#x} is not usable (alignment {:#x}, region {:#x} bytes \
+             between {:#x} and {:#x}, must lie in RAM); choosing a base instead",
+            region.header, region.alignment, region.size, region.minimum, region.maximum
+        );
+    }
+    let is_clear = |base: u64| first_blocker(blockers, base, base + region.size).is_none();
+    if region.accepts(region.base, layout) && is_clear(region.base) {
+        return Ok(region.base);
+    }
+    lowest_free_base(region, layout, blockers)
+        .filter(|base| region.accepts(*base, layout))
+        .ok_or(LoadError::RelocationNoBase {
+            header: region.header,
+            size: region.size,
+            minimum: region.minimum,
+            maximum: region.maximum,
+        })
+}
+
+/// Returns the first blocker that overlaps `[start, end)`.
+fn first_blocker(blockers: &[(u64, u64)], start: u64, end: u64) -> Option<(u64, u64)> {
+    // The blockers are disjoint and sorted, so their ends are sorted too.
+    let index = blockers.partition_point(|(_, blocker_end)| *blocker_end <= start);
+    blockers
+        .get(index)
+        .copied()
+        .filter(|(blocker_start, _)| *blocker_start < end)
+}
+
+/// Returns the lowest aligned base at or above the region's minimum whose region lies in one
+/// stretch of RAM, ends at or below the maximum and overlaps no blocker.
+fn lowest_free_base(
+    region: &RegionHeader,
+    layout: &MemoryLayout,
+    blockers: &[(u64, u64)],
+) -> Option<u64> {
+    let align_up = |value: u64| -> Option<u64> {
+        let alignment = region.alignment;
+        if alignment == 0 {
+            return None;
+        }
+        value.div_ceil(alignment).checked_mul(alignment)
+    };
+    for (ram_start, ram_end) in layout.ram_ranges() {
+        let limit = (*ram_end).min(region.maximum);
+        let Some(mut base) = align_up((*ram_start).max(region.minimum)) else {
+            continue;
+        };
+        // Each pass either returns or moves the base past one more blocker.
+        while let Some(end) = base.checked_add(region.size).filter(|end| *end <= limit) {
+            match first_blocker(blockers, base, end) {
+                None => return Some(base),
+                Some((_, blocker_end)) => match align_up(blocker_end) {
+                    Some(next) => base = next,
+                    None => break,
+                },
+            }
+        }
+    }
+    None
 }
 
 /// Returns `to - from` if it fits in i64.
@@ -444,41 +620,37 @@ fn signed_offset(from: u64, to: u64) -> Option<i64> {
     i64::try_from(i128::from(to) - i128::from(from)).ok()
 }
 
-fn adjust_registers(region: &MovedRegion, contexts: &mut [VpContext]) -> Result<(), LoadError> {
+fn adjust_registers(moved: &MovedRegion, contexts: &mut [VpContext]) -> Result<(), LoadError> {
+    let region = &moved.region;
     if !region.apply_rip && !region.apply_gdtr {
         return Ok(());
     }
-    let Some(context) = contexts.iter_mut().find(|c| c.vp_index == region.vp_index) else {
-        warn!(
-            "{}: no VP context for vCPU {}, so no RIP or GDTR moves with the region",
-            region.header, region.vp_index
-        );
-        return Ok(());
-    };
-    let offset = region.offset();
-    let moved = |value: u64, what: &str| {
+    let action = "moves the RIP or GDTR of";
+    let context = find_context(region.header, region.vp_index, region.vtl, action, contexts)?;
+    let offset = moved.offset();
+    let shift = |value: u64, register: &str| {
         value
             .checked_add_signed(offset)
             .ok_or_else(|| LoadError::InvalidRelocationHeader {
                 header: region.header,
-                reason: format!("{what} {value:#x} overflows when moved by {offset:#x}"),
+                reason: format!("{register} {value:#x} overflows when moved by {offset:#x}"),
             })
     };
     match &mut context.state {
         VpState::Native(native) => {
             if region.apply_rip {
-                native.rip = moved(native.rip, "RIP")?;
+                native.rip = shift(native.rip, "RIP")?;
             }
             if region.apply_gdtr {
-                native.gdtr_base = moved(native.gdtr_base, "GDTR base")?;
+                native.gdtr_base = shift(native.gdtr_base, "GDTR base")?;
             }
         }
         VpState::Snp { vmsa, .. } => {
             if region.apply_rip {
-                vmsa.rip = moved(vmsa.rip, "RIP")?;
+                vmsa.rip = shift(vmsa.rip, "RIP")?;
             }
             if region.apply_gdtr {
-                vmsa.gdtr.base = moved(vmsa.gdtr.base, "GDTR base")?;
+                vmsa.gdtr.base = shift(vmsa.gdtr.base, "GDTR base")?;
             }
         }
     }

@@ -107,6 +107,16 @@ impl MemoryLayout {
             .any(|(start, ram_end)| *start <= gpa && end <= *ram_end)
     }
 
+    /// Returns the RAM as `(start, end)` pairs, end exclusive, sorted, adjacent regions merged.
+    pub(crate) fn ram_ranges(&self) -> &[(u64, u64)] {
+        &self.ram
+    }
+
+    /// Returns the MMIO ranges as `(base, size)` pairs.
+    pub(crate) fn mmio_ranges(&self) -> &[(u64, u64)] {
+        &self.mmio
+    }
+
     /// Returns the MMIO range that `[gpa, gpa + size)` touches, if any.
     fn mmio_overlap(&self, gpa: u64, size: u64) -> Option<(u64, u64)> {
         let end = gpa.saturating_add(size);

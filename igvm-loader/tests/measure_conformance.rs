@@ -7,7 +7,9 @@
 use std::path::PathBuf;
 
 use igvm::snp_defs::{SevFeatures, SevSelector, SevVmsa};
-use igvm::{IgvmDirectiveHeader, IgvmFile, IgvmInitializationHeader, IgvmPlatformHeader, IgvmRevision};
+use igvm::{
+    IgvmDirectiveHeader, IgvmFile, IgvmInitializationHeader, IgvmPlatformHeader, IgvmRevision,
+};
 use igvm_defs::{
     IgvmPageDataFlags, IgvmPageDataType, IgvmPlatformType, IGVM_VHS_PARAMETER,
     IGVM_VHS_PARAMETER_INSERT, IGVM_VHS_SUPPORTED_PLATFORM,
@@ -59,8 +61,12 @@ fn igvm_snp_digest_vmsa_last(file: &IgvmFile, mask: u32) -> String {
 
 #[test]
 fn qemu_snp_file_digest_matches_igvmmeasure() {
-    let plan = plan_for_measurement(&conformance("tiny-qemu-snp-native.igvm"), Platform::SevSnp, 1)
-        .unwrap();
+    let plan = plan_for_measurement(
+        &conformance("tiny-qemu-snp-native.igvm"),
+        Platform::SevSnp,
+        1,
+    )
+    .unwrap();
     let measurement = measure::measure_snp(&plan, SnpMode::FileDigest).unwrap();
     assert_eq!(measurement.digest_hex(), QEMU_SNP_FILE_DIGEST);
     assert_eq!(measurement.vmsas, 1);
@@ -94,8 +100,12 @@ fn qemu_snp_kvm_digest_measures_vmsa_last() {
 
 #[test]
 fn qemu_snp_vmsa_is_already_in_kvm_form() {
-    let plan = plan_for_measurement(&conformance("tiny-qemu-snp-native.igvm"), Platform::SevSnp, 1)
-        .unwrap();
+    let plan = plan_for_measurement(
+        &conformance("tiny-qemu-snp-native.igvm"),
+        Platform::SevSnp,
+        1,
+    )
+    .unwrap();
     let context = &plan.vp_contexts[0];
     let igvm_loader::plan::VpState::Snp { gpa, vmsa } = &context.state else {
         panic!("vp 0 is not an SNP context");
@@ -186,7 +196,13 @@ fn page(seed: u8) -> Vec<u8> {
         .collect()
 }
 
-fn page_data(gpa: u64, mask: u32, data_type: IgvmPageDataType, flags: IgvmPageDataFlags, data: Vec<u8>) -> IgvmDirectiveHeader {
+fn page_data(
+    gpa: u64,
+    mask: u32,
+    data_type: IgvmPageDataType,
+    flags: IgvmPageDataFlags,
+    data: Vec<u8>,
+) -> IgvmDirectiveHeader {
     IgvmDirectiveHeader::PageData {
         gpa,
         compatibility_mask: mask,
@@ -242,9 +258,27 @@ fn mixed_directives(vp_contexts: u16) -> Vec<IgvmDirectiveHeader> {
         }),
         page_data(0x10_0000, BOTH, IgvmPageDataType::NORMAL, normal, page(1)),
         page_data(0x10_1000, BOTH, IgvmPageDataType::NORMAL, normal, page(2)),
-        page_data(0x10_2000, BOTH, IgvmPageDataType::NORMAL, normal, vec![0xEE; 100]),
-        page_data(0x10_3000, BOTH, IgvmPageDataType::NORMAL, normal, Vec::new()),
-        page_data(0x10_4000, BOTH, IgvmPageDataType::NORMAL, normal, Vec::new()),
+        page_data(
+            0x10_2000,
+            BOTH,
+            IgvmPageDataType::NORMAL,
+            normal,
+            vec![0xEE; 100],
+        ),
+        page_data(
+            0x10_3000,
+            BOTH,
+            IgvmPageDataType::NORMAL,
+            normal,
+            Vec::new(),
+        ),
+        page_data(
+            0x10_4000,
+            BOTH,
+            IgvmPageDataType::NORMAL,
+            normal,
+            Vec::new(),
+        ),
         page_data(
             0x10_5000,
             BOTH,
@@ -259,9 +293,27 @@ fn mixed_directives(vp_contexts: u16) -> Vec<IgvmDirectiveHeader> {
             IgvmPageDataFlags::new().with_shared(true),
             page(4),
         ),
-        page_data(0x10_7000, SNP_MASK, IgvmPageDataType::SECRETS, normal, Vec::new()),
-        page_data(0x10_8000, SNP_MASK, IgvmPageDataType::CPUID_DATA, normal, page(5)),
-        page_data(0x10_9000, SNP_MASK, IgvmPageDataType::CPUID_XF, normal, page(6)),
+        page_data(
+            0x10_7000,
+            SNP_MASK,
+            IgvmPageDataType::SECRETS,
+            normal,
+            Vec::new(),
+        ),
+        page_data(
+            0x10_8000,
+            SNP_MASK,
+            IgvmPageDataType::CPUID_DATA,
+            normal,
+            page(5),
+        ),
+        page_data(
+            0x10_9000,
+            SNP_MASK,
+            IgvmPageDataType::CPUID_XF,
+            normal,
+            page(6),
+        ),
         IgvmDirectiveHeader::ParameterInsert(IGVM_VHS_PARAMETER_INSERT {
             gpa: 0x20_0000,
             compatibility_mask: BOTH,
@@ -346,7 +398,10 @@ fn generated_tdx_equals_igvm() {
     let measurement = measure::measure_tdx(&plan).unwrap();
     assert_eq!(measurement.digest_hex(), igvm_tdx(&file));
     // Seven private pages for TDX plus two parameter pages are added; six are extended.
-    assert_eq!((measurement.pages, measurement.pages_with_contents), (7 + 2, 6));
+    assert_eq!(
+        (measurement.pages, measurement.pages_with_contents),
+        (7 + 2, 6)
+    );
 }
 
 #[test]
@@ -597,4 +652,28 @@ fn snp_model_rejects_tdx_plan() {
             found: Platform::Tdx
         }
     );
+}
+
+#[test]
+fn vcpu_count_is_bounded() {
+    let (_, bytes) = build_file(mixed_directives(1));
+    let plan = plan_for_measurement(&bytes, Platform::SevSnp, 1).unwrap();
+    let error = measure::measure_snp(
+        &plan,
+        SnpMode::KvmLaunch {
+            vcpus: u32::MAX,
+            cpuid_1_eax: 0,
+        },
+    )
+    .unwrap_err();
+    assert_eq!(error, MeasureError::TooManyVcpus { vcpus: u32::MAX });
+    let error = measure::measure_snp(
+        &plan,
+        SnpMode::KvmLaunch {
+            vcpus: 0,
+            cpuid_1_eax: 0,
+        },
+    )
+    .unwrap_err();
+    assert_eq!(error, MeasureError::NoVcpus);
 }

@@ -63,7 +63,10 @@ pub fn parse_directory(bytes: &[u8]) -> Option<Vec<DirEntry>> {
         let size = u32::from_be_bytes(entry.get(..4)?.try_into().ok()?);
         let select = u16::from_be_bytes(entry.get(4..6)?.try_into().ok()?);
         let name_bytes = entry.get(8..)?;
-        let end = name_bytes.iter().position(|&b| b == 0).unwrap_or(name_bytes.len());
+        let end = name_bytes
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(name_bytes.len());
         let name = String::from_utf8_lossy(name_bytes.get(..end)?).into_owned();
         entries.push(DirEntry { size, select, name });
     }

@@ -2,9 +2,7 @@
 
 use crate::asm::{AsmResult, GuestAsm, Mode};
 use crate::igvm_file::IgvmBuilder;
-use crate::layout::{
-    self, CODE_GPA, GDT_GPA, PML4_GPA,
-};
+use crate::layout::{self, CODE_GPA, GDT_GPA, PML4_GPA};
 
 /// Assembles `program` for [`CODE_GPA`] (CS base 0 in real mode).
 pub fn assemble(program: GuestAsm) -> AsmResult<Vec<u8>> {

@@ -183,12 +183,15 @@ pub fn host_description(config: &VmConfig) -> Result<HostDescription, Box<dyn st
     })
 }
 
+/// A fw_cfg file: name and contents.
+pub type FwCfgFile = (String, Vec<u8>);
+
 /// Returns the fw_cfg files igvmm publishes for `config` when the plan carries `host_only`:
 /// name and contents, in the order igvmm adds them.
 pub fn fw_cfg_files(
     config: &VmConfig,
     host_only: &igvm_loader::plan::HostOnlyData,
-) -> Result<Vec<(String, Vec<u8>)>, Box<dyn std::error::Error>> {
+) -> Result<Vec<FwCfgFile>, Box<dyn std::error::Error>> {
     let layout = MemoryLayout::new(config.memory)?;
     let machine = vmm::machine::MachineConfig {
         layout: &layout,

@@ -10,7 +10,9 @@
 //!   next to a native VP context with `NoMatchingVpContext`.
 
 use igvm::hv_defs::Vtl;
-use igvm::{IgvmDirectiveHeader, IgvmFile, IgvmInitializationHeader, IgvmPlatformHeader, IgvmRevision};
+use igvm::{
+    IgvmDirectiveHeader, IgvmFile, IgvmInitializationHeader, IgvmPlatformHeader, IgvmRevision,
+};
 use igvm_defs::{
     IgvmNativeVpContextX64, IgvmPageDataFlags, IgvmPageDataType, IgvmPlatformType,
     IgvmVariableHeaderType, IGVM_FIXED_HEADER, IGVM_NATIVE_PLATFORM_VERSION,
@@ -213,12 +215,7 @@ impl IgvmBuilder {
 
     /// Declares a parameter area of `size` bytes at `gpa`, requests each of `parameters` at its
     /// byte offset, and inserts the area. Returns the area index.
-    pub fn parameter_area(
-        &mut self,
-        gpa: u64,
-        size: u64,
-        parameters: &[(Parameter, u32)],
-    ) -> u32 {
+    pub fn parameter_area(&mut self, gpa: u64, size: u64, parameters: &[(Parameter, u32)]) -> u32 {
         let index = self.next_area_index;
         self.next_area_index += 1;
         self.directives.push(IgvmDirectiveHeader::ParameterArea {
@@ -232,22 +229,24 @@ impl IgvmBuilder {
                 byte_offset,
             }));
         }
-        self.directives
-            .push(IgvmDirectiveHeader::ParameterInsert(IGVM_VHS_PARAMETER_INSERT {
+        self.directives.push(IgvmDirectiveHeader::ParameterInsert(
+            IGVM_VHS_PARAMETER_INSERT {
                 gpa,
                 compatibility_mask: NATIVE_MASK,
                 parameter_area_index: index,
-            }));
+            },
+        ));
         index
     }
 
     /// Adds a native x64 VP context for `vp_index`.
     pub fn vp_context(&mut self, vp_index: u16, context: IgvmNativeVpContextX64) -> &mut Self {
-        self.directives.push(IgvmDirectiveHeader::X64NativeVpContext {
-            compatibility_mask: NATIVE_MASK,
-            vp_index,
-            context: Box::new(context),
-        });
+        self.directives
+            .push(IgvmDirectiveHeader::X64NativeVpContext {
+                compatibility_mask: NATIVE_MASK,
+                vp_index,
+                context: Box::new(context),
+            });
         self
     }
 
@@ -609,7 +608,9 @@ pub fn remove_headers(bytes: &[u8], drop: impl Fn(u32) -> bool) -> Result<Vec<u8
         let position = start + 8 + field;
         let value = read_u32(&out, position)?;
         if value != 0 {
-            let shifted = value.checked_sub(removed).ok_or(BuildError::Malformed(position))?;
+            let shifted = value
+                .checked_sub(removed)
+                .ok_or(BuildError::Malformed(position))?;
             write_u32(&mut out, position, shifted)?;
         }
     }
@@ -698,7 +699,10 @@ mod tests {
                 _ => None,
             })
             .collect();
-        assert_eq!(data_pages.first().map(|p| p.1.first().copied()), Some(Some(0x90)));
+        assert_eq!(
+            data_pages.first().map(|p| p.1.first().copied()),
+            Some(Some(0x90))
+        );
         assert_eq!(data_pages.len(), 4);
         assert!(matches!(
             file.directives().last(),

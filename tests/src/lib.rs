@@ -2,8 +2,9 @@
 //! them.
 //!
 //! Integration tests under `tests/` build a guest with [`asm::GuestAsm`], place it with the
-//! addresses in [`layout`], wrap it in an IGVM file with [`igvm_file::IgvmBuilder`] and boot it
-//! on KVM.
+//! addresses in [`layout`] and wrap it in an IGVM file with [`igvm_file::IgvmBuilder`]. They boot
+//! it on KVM with [`harness::boot`], which captures COM1 and stops a VM that outlives its
+//! deadline. [`fw_cfg`] contains the guest-side fw_cfg routines.
 
 pub mod asm;
 #[cfg(test)]

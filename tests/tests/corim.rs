@@ -11,7 +11,7 @@ use std::collections::HashSet;
 
 use iced_x86::code_asm::*;
 use igvm_loader::host::PlatformChoice;
-use igvm_loader::plan::{HostOnlyData, PageData, Platform, Plan};
+use igvm_loader::plan::{HostOnlyData, PageData, Plan, Platform};
 use igvm_loader::LoadOptions;
 use igvmm_tests::asm::{GuestAsm, Mode};
 use igvmm_tests::fw_cfg;
@@ -177,7 +177,11 @@ fn event3_locator(event: &[u8]) -> (u32, Vec<u8>) {
     let locator_len = u32_at(at + 4) as usize;
     let locator = event.get(at + 8..at + 8 + locator_len).unwrap().to_vec();
     let cert_len = u32_at(at + 12 + locator_len) as usize;
-    assert_eq!(at + 16 + locator_len + cert_len, event.len(), "Event3 length");
+    assert_eq!(
+        at + 16 + locator_len + cert_len,
+        event.len(),
+        "Event3 length"
+    );
     (locator_type, locator)
 }
 
@@ -234,8 +238,14 @@ fn corim_small_fw_cfg() {
     assert_eq!(locator.get(..7), signature.get(..7));
     assert_eq!(locator.get(7..9), Some(&[0x58, document.len() as u8][..]));
     let payload_at = 9;
-    assert_eq!(locator.get(payload_at..payload_at + document.len()), Some(&document[..]));
-    assert_eq!(locator.get(payload_at + document.len()..), signature.get(8..));
+    assert_eq!(
+        locator.get(payload_at..payload_at + document.len()),
+        Some(&document[..])
+    );
+    assert_eq!(
+        locator.get(payload_at + document.len()..),
+        signature.get(8..)
+    );
 }
 
 #[test]
@@ -319,8 +329,14 @@ fn corim_not_in_plan() {
     let document = corim_document(8 * 1024);
     let signature = cose_sign1_detached();
     let plan = plan_for(&file_with(&hello_code(), Some(&document), Some(&signature)));
-    assert_eq!(plan.host_only.corim_document.as_deref(), Some(&document[..]));
-    assert_eq!(plan.host_only.corim_signature.as_deref(), Some(&signature[..]));
+    assert_eq!(
+        plan.host_only.corim_document.as_deref(),
+        Some(&document[..])
+    );
+    assert_eq!(
+        plan.host_only.corim_signature.as_deref(),
+        Some(&signature[..])
+    );
 
     let secret = windows(&document)
         .union(&windows(&signature))
@@ -329,7 +345,11 @@ fn corim_not_in_plan() {
     for op in &plan.operations {
         if let PageData::Bytes(data) = &op.data {
             let leaked = data.windows(32).any(|w| secret.contains(w));
-            assert!(!leaked, "launch operation at {:#x} contains CoRIM bytes", op.gpa);
+            assert!(
+                !leaked,
+                "launch operation at {:#x} contains CoRIM bytes",
+                op.gpa
+            );
         }
     }
 }
@@ -349,7 +369,10 @@ fn corim_strip_keeps_operations() {
     let full = plan_for(&with_corim);
     let bare = plan_for(&stripped);
     assert_eq!(full.operations.len(), bare.operations.len());
-    assert!(full.operations == bare.operations, "launch operations differ");
+    assert!(
+        full.operations == bare.operations,
+        "launch operations differ"
+    );
     assert!(full.vp_contexts == bare.vp_contexts, "VP contexts differ");
     assert_eq!(bare.host_only.corim_document, None);
     assert_eq!(bare.host_only.corim_signature, None);
@@ -358,7 +381,10 @@ fn corim_strip_keeps_operations() {
 /// Returns whether any 32-byte window of `secret` occurs in guest RAM. All-zero pages are
 /// skipped: the CoRIM test data has no run of 32 zeros, so a match needs a non-zero byte, and
 /// each non-zero page is scanned with 31 bytes of its neighbors on both sides.
-fn ram_contains_window(memory: &vm_memory::GuestMemoryMmap, secret: &HashSet<&[u8]>) -> Option<u64> {
+fn ram_contains_window(
+    memory: &vm_memory::GuestMemoryMmap,
+    secret: &HashSet<&[u8]>,
+) -> Option<u64> {
     for region in memory.iter() {
         let start = region.start_addr().0;
         let len = region.len();
@@ -389,7 +415,11 @@ fn corim_not_in_guest_ram() {
     secret_bytes.extend(windows(&signature));
     assert!(!document.windows(32).any(|w| w.iter().all(|&b| b == 0)));
 
-    let plan = plan_for(&file_with(&reader_code(false), Some(&document), Some(&signature)));
+    let plan = plan_for(&file_with(
+        &reader_code(false),
+        Some(&document),
+        Some(&signature),
+    ));
     let layout = vmm::memory::MemoryLayout::new(GUEST_RAM).unwrap();
     let memory = vmm::memory::allocate(&layout, &[]).unwrap();
     vmm::native::write_pages(&plan, &memory).unwrap();

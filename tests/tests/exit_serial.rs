@@ -21,7 +21,11 @@ fn exit_status_values() {
     for (value, status) in [(0u8, 1u8), (1, 3), (0x7f, 0xff)] {
         let outcome = boot(&exit_guest(value), &VmConfig::default()).unwrap();
         assert_eq!(outcome.text(), "bye\n", "value {value:#x}");
-        assert_eq!(outcome.stop, StopReason::DebugExit { status }, "value {value:#x}");
+        assert_eq!(
+            outcome.stop,
+            StopReason::DebugExit { status },
+            "value {value:#x}"
+        );
         assert_eq!(outcome.stop.exit_status(), status, "value {value:#x}");
     }
 }

@@ -4,10 +4,12 @@
 
 use iced_x86::code_asm::*;
 use igvm_loader::host::MemoryKind;
-use igvmm_tests::asm::{GuestAsm, Mode};
-use igvmm_tests::fw_cfg::{self, DMA_READ, DMA_SELECT, SELECTOR_FILE_DIR, SELECTOR_ID, SELECTOR_SIGNATURE};
-use igvmm_tests::guest;
 use igvm_loader::plan::HostOnlyData;
+use igvmm_tests::asm::{GuestAsm, Mode};
+use igvmm_tests::fw_cfg::{
+    self, DMA_READ, DMA_SELECT, SELECTOR_FILE_DIR, SELECTOR_ID, SELECTOR_SIGNATURE,
+};
+use igvmm_tests::guest;
 use igvmm_tests::harness::{boot, debug_exit, fw_cfg_files, host_description, VmConfig};
 use igvmm_tests::layout::{GUEST_RAM, SCRATCH_GPA, VARS_GPA};
 
@@ -47,7 +49,11 @@ fn fw_cfg_guest() -> Vec<u8> {
     g.print("\n").unwrap();
 
     // Signature by DMA.
-    g.a.mov(eax, (u32::from(SELECTOR_SIGNATURE) << 16) | DMA_SELECT | DMA_READ).unwrap();
+    g.a.mov(
+        eax,
+        (u32::from(SELECTOR_SIGNATURE) << 16) | DMA_SELECT | DMA_READ,
+    )
+    .unwrap();
     g.a.mov(ecx, 4u32).unwrap();
     g.a.mov(rdi, SCRATCH_GPA + 0xf020).unwrap();
     fw_cfg::dma_from_registers(&mut g, DESCRIPTOR_GPA).unwrap();
@@ -74,7 +80,11 @@ fn fw_cfg_guest() -> Vec<u8> {
     g.print("\n").unwrap();
 
     // Directory by DMA, the same length.
-    g.a.mov(eax, (u32::from(SELECTOR_FILE_DIR) << 16) | DMA_SELECT | DMA_READ).unwrap();
+    g.a.mov(
+        eax,
+        (u32::from(SELECTOR_FILE_DIR) << 16) | DMA_SELECT | DMA_READ,
+    )
+    .unwrap();
     g.a.mov(ecx, r12d).unwrap();
     g.a.shl(ecx, 6).unwrap();
     g.a.add(ecx, 4).unwrap();

@@ -8,7 +8,7 @@ use igvmm_tests::fw_cfg::{
     self, DMA_ERROR, DMA_READ, DMA_SELECT, DMA_SKIP, DMA_WRITE, SELECTOR_SIGNATURE,
 };
 use igvmm_tests::guest;
-use igvmm_tests::harness::{boot, debug_exit, VmConfig};
+use igvmm_tests::harness::{boot, debug_exit, HarnessError, VmConfig};
 use igvmm_tests::layout::{self, GUEST_RAM, SCRATCH_GPA, VARS_GPA};
 use vmm::StopReason;
 
@@ -80,7 +80,10 @@ fn dma_descriptor_straddles_ram_end() {
     let descriptor = GUEST_RAM - 8;
     let file = guest::simple_file(Mode::Long, |g| {
         g.a.mov(rdx, descriptor)?;
-        g.a.mov(eax, ((u32::from(SELECTOR_SIGNATURE) << 16) | DMA_SELECT | DMA_READ).swap_bytes())?;
+        g.a.mov(
+            eax,
+            ((u32::from(SELECTOR_SIGNATURE) << 16) | DMA_SELECT | DMA_READ).swap_bytes(),
+        )?;
         g.a.mov(dword_ptr(rdx), eax)?;
         g.a.mov(eax, 4u32.swap_bytes())?;
         g.a.mov(dword_ptr(rdx + 4), eax)?;
@@ -305,7 +308,9 @@ fn triple_fault_reported() {
         matches!(stop, StopReason::TripleFault(_)),
         "stop reason: {stop}"
     );
-    let report = stop.crash_report().expect("a triple fault carries a crash report");
+    let report = stop
+        .crash_report()
+        .expect("a triple fault carries a crash report");
     assert_eq!(report.vcpu, 0);
     assert_eq!(stop.exit_status(), 6);
 }
@@ -355,4 +360,34 @@ fn halt_all_vcpus_with_contexts() {
     let outcome = boot(&builder.build().unwrap(), &config).expect("igvmm must report a stop");
     assert_eq!(outcome.text(), "halting\n");
     assert_eq!(outcome.stop, StopReason::AllHalted);
+}
+
+#[test]
+fn spinning_guest_hits_deadline() {
+    // A guest that spins with interrupts enabled runs forever, as in QEMU. At the deadline the
+    // harness requests a stop, and igvmm must end the run promptly.
+    let file = guest::simple_file(Mode::Long, |g| {
+        g.print("spinning\n")?;
+        g.a.sti()?;
+        let mut again = g.a.create_label();
+        g.a.set_label(&mut again)?;
+        g.a.pause()?;
+        g.a.jmp(again)
+    })
+    .unwrap();
+    let config = VmConfig {
+        timeout: std::time::Duration::from_secs(3),
+        ..VmConfig::default()
+    };
+    let started = std::time::Instant::now();
+    let error = boot(&file, &config).expect_err("a spinning guest never stops on its own");
+    assert!(
+        matches!(error, HarnessError::TimedOut { .. }),
+        "expected a stop on request, got: {error}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(13),
+        "igvmm took {:?} to stop",
+        started.elapsed()
+    );
 }

@@ -82,8 +82,8 @@ const RELOCATED_GPA: u64 = 0x60_0000;
 
 #[test]
 fn relocation_moves_rip() {
-    // The file allows exactly one base, which is not the one it was built for, so igvmm must
-    // move the region and the guest prints the new address.
+    // The file allows exactly one base, which is not the one it was built for. igvmm passes
+    // no base, so the loader must pick that one, and the guest prints the new address.
     let outcome = boot(&relocatable_file(), &VmConfig::default()).unwrap();
     assert_eq!(outcome.text(), format!("rip={RELOCATED_GPA:016x}\n"));
     assert_eq!(outcome.stop, debug_exit(0));
@@ -113,7 +113,8 @@ fn relocatable_file() -> Vec<u8> {
             size: PAGE_SIZE_2M,
             alignment: PAGE_SIZE_2M,
             minimum_gpa: RELOCATED_GPA,
-            maximum_gpa: RELOCATED_GPA,
+            // The maximum is the highest address the region may reach, so this allows one base.
+            maximum_gpa: RELOCATED_GPA + PAGE_SIZE_2M,
             apply_rip_offset: true,
             apply_gdtr_offset: false,
             vp_index: 0,
@@ -155,6 +156,25 @@ fn relocation_plan_moves_region() {
             .any(|op| (RELOCATABLE_GPA..RELOCATABLE_GPA + PAGE_SIZE_2M).contains(&op.gpa)),
         "a page stayed at the file's base"
     );
+
+    // The first page directory follows the PML4 and the PDPT. The 2 MiB entry that mapped the
+    // file's base is gone; the identity entry for the new base was already there.
+    let pd_gpa = PML4_GPA + 0x2000;
+    let pd = plan
+        .operations
+        .iter()
+        .find(|op| op.gpa == pd_gpa)
+        .and_then(|op| op.pages_4k().next())
+        .and_then(|page| page.bytes)
+        .expect("the page directory is imported with data");
+    let pd_entry = |index: usize| qword_at(pd, index * 8);
+    let large_page = 0x83;
+    assert_eq!(pd_entry(0), large_page);
+    assert_eq!(pd_entry((RELOCATABLE_GPA / PAGE_SIZE_2M) as usize), 0);
+    assert_eq!(
+        pd_entry((RELOCATED_GPA / PAGE_SIZE_2M) as usize),
+        RELOCATED_GPA | large_page
+    );
 }
 
 fn hello_builder() -> igvmm_tests::igvm_file::IgvmBuilder {
@@ -170,21 +190,50 @@ fn hello_builder() -> igvmm_tests::igvm_file::IgvmBuilder {
 
 #[test]
 fn unknown_optional_header_skipped() {
-    let mut builder = hello_builder();
-    // Between the GDT page and the page tables, in the directive section.
-    builder.raw_header(2, UNKNOWN_OPTIONAL_HEADER, b"ignore this header body");
-    let outcome = boot(&builder.build().unwrap(), &VmConfig::default()).unwrap();
-    assert_eq!(outcome.text(), "still here\n");
-    assert_eq!(outcome.stop, debug_exit(0));
+    // (position among the variable headers, type): a directive-range type between the GDT
+    // page and the page tables, an initialization-range type right after the platform header,
+    // a directive-range type after the last header, and a type outside every range.
+    let count = igvmm_tests::igvm_file::header_spans(&hello_builder().build().unwrap())
+        .unwrap()
+        .len();
+    let cases = [
+        (2, UNKNOWN_OPTIONAL_HEADER),
+        (1, igvm_defs::IGVM_VHT_OPTIONAL_BIT | 0x1ff),
+        (count, UNKNOWN_OPTIONAL_HEADER),
+        (2, igvm_defs::IGVM_VHT_OPTIONAL_BIT | 0xfff),
+    ];
+    for (position, header_type) in cases {
+        let mut builder = hello_builder();
+        builder.raw_header(position, header_type, b"ignore this header body");
+        let outcome = boot(&builder.build().unwrap(), &VmConfig::default())
+            .unwrap_or_else(|error| panic!("type {header_type:#x} at {position}: {error}"));
+        assert_eq!(
+            outcome.text(),
+            "still here\n",
+            "type {header_type:#x} at {position}"
+        );
+        assert_eq!(
+            outcome.stop,
+            debug_exit(0),
+            "type {header_type:#x} at {position}"
+        );
+    }
 }
 
 #[test]
 fn unknown_required_header_rejected() {
     let mut builder = hello_builder();
     // The same header without the optional bit must stop the load, not be skipped.
-    builder.raw_header(2, UNKNOWN_OPTIONAL_HEADER & !igvm_defs::IGVM_VHT_OPTIONAL_BIT, b"x");
+    builder.raw_header(
+        2,
+        UNKNOWN_OPTIONAL_HEADER & !igvm_defs::IGVM_VHT_OPTIONAL_BIT,
+        b"x",
+    );
     let result = boot(&builder.build().unwrap(), &VmConfig::default());
-    let error = result.err().expect("a file with an unknown required header must not boot");
+    let error = result.expect_err("a file with an unknown required header must not boot");
     let message = error.to_string();
-    assert!(message.contains("0x3ff"), "error names the header type: {message}");
+    assert!(
+        message.contains("0x3ff"),
+        "error names the header type: {message}"
+    );
 }

@@ -197,7 +197,11 @@ fn parameter_command_line() {
 
 /// Boots a guest that dumps the ACPI table `parameter` and compares it with `table` from the
 /// host description.
-fn check_acpi_parameter(parameter: Parameter, signature: &str, pick: fn(&HostDescription) -> Vec<u8>) {
+fn check_acpi_parameter(
+    parameter: Parameter,
+    signature: &str,
+    pick: fn(&HostDescription) -> Vec<u8>,
+) {
     let config = two_cpus();
     let outcome = boot_with_parameter(parameter, &config, dump_acpi_table);
     let table = pick(&host(&config));
@@ -293,7 +297,8 @@ fn parameter_device_tree() {
     let mut lines = text.lines();
     let header = lines.next().unwrap_or_default();
     assert!(header.starts_with("magic=d00dfeed size="), "{header}");
-    let size = usize::from_str_radix(header.trim_start_matches("magic=d00dfeed size="), 16).unwrap();
+    let size =
+        usize::from_str_radix(header.trim_start_matches("magic=d00dfeed size="), 16).unwrap();
     let fdt = hex::decode(lines.next().unwrap_or_default().trim_start_matches("fdt=")).unwrap();
     assert_eq!(fdt.len(), size);
     // The blob names both CPUs, carries the command line and describes the RAM at 0.

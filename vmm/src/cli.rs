@@ -186,8 +186,12 @@ pub struct MeasureArgs {
 
 /// Parses a processor signature such as `0xA00F11` or `a00f11`.
 fn parse_cpuid_signature(text: &str) -> Result<u32, String> {
-    let digits = text.trim().trim_start_matches("0x").trim_start_matches("0X");
-    u32::from_str_radix(digits, 16).map_err(|error| format!("{text:?} is not a 32-bit hexadecimal number: {error}"))
+    let digits = text
+        .trim()
+        .trim_start_matches("0x")
+        .trim_start_matches("0X");
+    u32::from_str_radix(digits, 16)
+        .map_err(|error| format!("{text:?} is not a 32-bit hexadecimal number: {error}"))
 }
 
 /// Arguments of `igvmm pack`.

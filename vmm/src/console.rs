@@ -347,7 +347,9 @@ impl EscapeFilter {
                 b'x' | b'X' => return EscapeAction::Quit,
                 ESCAPE => out.push(ESCAPE),
                 b'h' | b'H' => {
-                    eprint!("\r\nCtrl-A x: quit igvmm   Ctrl-A Ctrl-A: send Ctrl-A to the guest\r\n");
+                    eprint!(
+                        "\r\nCtrl-A x: quit igvmm   Ctrl-A Ctrl-A: send Ctrl-A to the guest\r\n"
+                    );
                 }
                 other => {
                     out.push(ESCAPE);
@@ -454,8 +456,7 @@ impl ConsoleInput {
             state.pending.push_back(byte);
         }
         if action == EscapeAction::Quit {
-            self.stop
-                .stop(StopReason::Requested(StopRequest::Console));
+            self.stop.stop(StopReason::Requested(StopRequest::Console));
         }
         true
     }
@@ -532,7 +533,9 @@ pub(crate) fn start_input(
             let mut interval = POLL_INTERVAL_MS;
             while !stop.is_stopping() {
                 if let Err(error) = manager.run_with_timeout(interval) {
-                    log::warn!("console event loop failed, no more input goes to the guest: {error}");
+                    log::warn!(
+                        "console event loop failed, no more input goes to the guest: {error}"
+                    );
                     break;
                 }
                 interval = if input.flush_pending() {
@@ -546,7 +549,7 @@ pub(crate) fn start_input(
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
 
@@ -554,7 +557,10 @@ mod tests {
     fn escape_filter_sequences() {
         let mut filter = EscapeFilter::default();
         let mut out = Vec::new();
-        assert_eq!(filter.feed(b"ab\x01\x01c\x01z", &mut out), EscapeAction::None);
+        assert_eq!(
+            filter.feed(b"ab\x01\x01c\x01z", &mut out),
+            EscapeAction::None
+        );
         assert_eq!(out, b"ab\x01c\x01z");
         out.clear();
         // The escape may arrive in one read and its command in the next.
@@ -565,10 +571,16 @@ mod tests {
 
     #[test]
     fn serial_option_parsing() {
-        assert!(matches!(SerialConfig::parse("stdio"), Ok(SerialConfig::Stdio)));
-        assert!(matches!(SerialConfig::parse("none"), Ok(SerialConfig::None)));
+        assert!(matches!(
+            SerialConfig::parse("stdio"),
+            Ok(SerialConfig::Stdio)
+        ));
+        assert!(matches!(
+            SerialConfig::parse("none"),
+            Ok(SerialConfig::None)
+        ));
         assert!(
-            matches!(SerialConfig::parse("file:/tmp/out.txt"), Ok(SerialConfig::File(path)) if path == PathBuf::from("/tmp/out.txt"))
+            matches!(SerialConfig::parse("file:/tmp/out.txt"), Ok(SerialConfig::File(path)) if path == std::path::Path::new("/tmp/out.txt"))
         );
         assert_eq!(
             SerialConfig::parse("file:").err(),
@@ -579,7 +591,10 @@ mod tests {
             })
         );
         assert!(SerialConfig::parse("tcp:1234").is_err());
-        assert!(matches!(DebugconConfig::parse("log"), Ok(DebugconConfig::Log)));
+        assert!(matches!(
+            DebugconConfig::parse("log"),
+            Ok(DebugconConfig::Log)
+        ));
         assert!(DebugconConfig::parse("stdio").is_err());
     }
 

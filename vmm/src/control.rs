@@ -192,7 +192,7 @@ pub(crate) struct HaltDetector {
     last_exits: Vec<u64>,
     /// The sampling round last requested.
     round: u64,
-    /// Whether `round` was requested after the last exit seen, so that its answers count.
+    /// Whether `round` was requested after the last exit seen, so that its samples count.
     round_is_current: bool,
     /// Consecutive rounds that found every vCPU stopped.
     stopped_rounds: u32,
@@ -257,7 +257,7 @@ impl HaltDetector {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
 

@@ -1,11 +1,14 @@
 //! The CPUID table of each vCPU: KVM_GET_SUPPORTED_CPUID with the topology of `--cpus`.
 //!
 //! Every vCPU is one core of one package, with one thread per core, and its APIC ID is its vCPU
-//! index. The leaves that carry topology are rewritten to say so: leaf 1 (initial APIC ID,
-//! logical processor count, HTT), leaves 0xB and 0x1F (x2APIC topology, filled only when the host
-//! table reaches them), leaf 4 (cores per package and threads sharing each cache, Intel) and leaf
-//! 0x8000_0008 ECX (core count, AMD). Leaf 1 ECX bit 31 tells the guest it runs on a hypervisor.
-//! Other leaves pass through unchanged.
+//! index. These leaves are rewritten to describe that topology:
+//! - leaf 1: initial APIC ID, logical processor count, HTT;
+//! - leaves 0xB and 0x1F: x2APIC topology, filled only when the host table reaches them;
+//! - leaf 4 (Intel): cores per package and threads sharing each cache;
+//! - leaf 0x8000_0008 ECX (AMD): core count.
+//!
+//! Leaf 1 ECX bit 31 tells the guest it runs on a hypervisor. Other leaves pass through
+//! unchanged.
 
 use kvm_bindings::{kvm_cpuid_entry2, CpuId, KVM_CPUID_FLAG_SIGNIFCANT_INDEX};
 
@@ -102,12 +105,17 @@ pub fn for_vcpu(supported: &[kvm_cpuid_entry2], index: u32, cpus: u32) -> Vec<kv
                 // EAX[31:26]: cores per package - 1. EAX[25:14]: threads sharing this cache - 1,
                 // which is every core for a level-3 cache and one thread below that.
                 let cache_level = (entry.eax >> 5) & 0x7;
-                let sharing = if cache_level >= 3 { cpus.min(4096) - 1 } else { 0 };
+                let sharing = if cache_level >= 3 {
+                    cpus.min(4096) - 1
+                } else {
+                    0
+                };
                 entry.eax = (entry.eax & 0x3FFF) | (sharing << 14) | ((cpus.min(64) - 1) << 26);
             }
             0x8000_0008 => {
                 // ECX[7:0]: cores per package - 1; ECX[15:12]: APIC ID bits for the core number.
-                entry.ecx = (entry.ecx & !0xF0FF) | (id_bits(cpus) << 12) | ((cpus.min(256) - 1) & 0xFF);
+                entry.ecx =
+                    (entry.ecx & !0xF0FF) | (id_bits(cpus) << 12) | ((cpus.min(256) - 1) & 0xFF);
             }
             _ => {}
         }
@@ -128,7 +136,7 @@ pub fn to_kvm(entries: &[kvm_cpuid_entry2]) -> Result<CpuId, vmm_sys_util::fam::
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
 

@@ -82,7 +82,7 @@ pub fn image() -> Result<Vec<u8>, BuildError> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
 
@@ -94,7 +94,9 @@ mod tests {
         assert_eq!(DEMO_GUEST[0], 0xFC);
         let strings = &DEMO_GUEST[strings_offset..];
         assert!(strings.starts_with(b"igvmm demo guest: 32-bit protected mode\n\0"));
-        assert!(strings.windows(15).any(|window| window == b"opt/igvm/corim\0"));
+        assert!(strings
+            .windows(15)
+            .any(|window| window == b"opt/igvm/corim\0"));
     }
 
     #[test]

@@ -15,6 +15,10 @@ pub const DEMO_MEMORY_MAP_SIZE: u64 = 0x1000;
 pub const DEMO_DMA_DESCRIPTOR_GPA: u64 = 0xB000;
 /// Scratch RAM for one 64-byte fw_cfg directory entry.
 pub const DEMO_DIR_ENTRY_GPA: u64 = 0xC000;
+/// Scratch RAM for the size of `opt/igvm/corim` found in the directory (u32).
+pub const DEMO_CORIM_SIZE_GPA: u64 = 0xC100;
+/// Scratch RAM for the selector of `opt/igvm/corim` (u32, zero when the file is missing).
+pub const DEMO_CORIM_SELECT_GPA: u64 = 0xC104;
 /// RAM that receives `opt/igvm/corim` by DMA.
 pub const DEMO_DMA_BUFFER_GPA: u64 = 0x2_0000;
 /// The largest `opt/igvm/corim` the demo reads.

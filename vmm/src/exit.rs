@@ -1,4 +1,4 @@
-//! Why a VM stopped, and the process exit status each reason maps to.
+//! Stop reasons of a VM, and the process exit status of each.
 //!
 //! | status | reason |
 //! |---|---|
@@ -115,7 +115,10 @@ impl fmt::Display for StopReason {
                 write!(f, "guest requested reset (write to port {port:#x})")
             }
             StopReason::Reset(ResetSource::Mmio(address)) => {
-                write!(f, "guest requested reset (write to MMIO address {address:#x})")
+                write!(
+                    f,
+                    "guest requested reset (write to MMIO address {address:#x})"
+                )
             }
             StopReason::Reset(ResetSource::SystemEvent) => {
                 f.write_str("guest requested reset (KVM system event)")
@@ -151,7 +154,7 @@ fn signal_name(signal: i32) -> String {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
 

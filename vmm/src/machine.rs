@@ -86,12 +86,11 @@ fn insert(bus: &mut Bus, device: SharedDevice, base: u64, len: u64) -> Result<()
 
 /// Creates the devices and maps them on the VM's port bus.
 pub fn attach(vm: &mut Vm, config: &MachineConfig<'_>) -> Result<Machine, VmmError> {
-    let serial_output = console::open_serial_output(config.serial).map_err(|source| {
-        VmmError::Sink {
+    let serial_output =
+        console::open_serial_output(config.serial).map_err(|source| VmmError::Sink {
             what: "the serial output".into(),
             source,
-        }
-    })?;
+        })?;
     let interrupt = EventFd::new(EFD_NONBLOCK).map_err(|error| {
         device_error("COM1")(format!("creating the interrupt eventfd failed: {error}"))
     })?;
@@ -103,11 +102,7 @@ pub fn attach(vm: &mut Vm, config: &MachineConfig<'_>) -> Result<Machine, VmmErr
         source,
     })?;
     let layout = config.layout;
-    let cmos = Cmos::new(
-        layout.low_ram_bytes(),
-        layout.high_ram_bytes(),
-        config.cpus,
-    );
+    let cmos = Cmos::new(layout.low_ram_bytes(), layout.high_ram_bytes(), config.cpus);
 
     let mut fw_cfg = FwCfg::new(
         vm.memory().clone(),
@@ -123,7 +118,12 @@ pub fn attach(vm: &mut Vm, config: &MachineConfig<'_>) -> Result<Machine, VmmErr
     let i8042: SharedDevice = Arc::new(Mutex::new(I8042::new()));
     let bus = &mut vm.io_bus;
     insert(bus, serial.clone(), COM1_PORT_BASE, SERIAL_PORT_COUNT)?;
-    insert(bus, Arc::new(Mutex::new(cmos)), CMOS_PORT_BASE, CMOS_PORT_COUNT)?;
+    insert(
+        bus,
+        Arc::new(Mutex::new(cmos)),
+        CMOS_PORT_BASE,
+        CMOS_PORT_COUNT,
+    )?;
     insert(bus, fw_cfg.clone(), FW_CFG_PORT_BASE, FW_CFG_PORT_COUNT)?;
     insert(bus, i8042.clone(), I8042_DATA_PORT, 1)?;
     insert(bus, i8042, I8042_COMMAND_PORT, 1)?;
@@ -244,7 +244,7 @@ pub fn corim_files(
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
 

@@ -92,6 +92,16 @@ pub enum MemoryError {
         /// Guest physical address bits.
         bits: u8,
     },
+    /// Guest RAM would end beyond the guest physical address width.
+    #[error("--memory {requested} puts guest RAM up to GPA {end:#x}, beyond the {bits}-bit guest physical address space; lower --memory")]
+    RamBeyondAddressWidth {
+        /// Requested guest RAM, formatted.
+        requested: String,
+        /// First GPA after guest RAM.
+        end: u64,
+        /// Guest physical address bits.
+        bits: u8,
+    },
     /// mmap of guest memory failed.
     #[error("failed to allocate guest memory: {0}")]
     Allocate(String),
@@ -317,6 +327,20 @@ impl MemoryLayout {
         map
     }
 
+    /// Checks that all RAM lies below `1 << phys_bits`.
+    pub fn check_address_width(&self, phys_bits: u8) -> Result<(), MemoryError> {
+        let limit = 1u64.checked_shl(u32::from(phys_bits)).unwrap_or(u64::MAX);
+        let end = self.ram.iter().map(GpaRange::end).max().unwrap_or(0);
+        if end > limit {
+            return Err(MemoryError::RamBeyondAddressWidth {
+                requested: format_size(self.ram_bytes()),
+                end,
+                bits: phys_bits,
+            });
+        }
+        Ok(())
+    }
+
     /// Returns the RAM ranges in ascending order.
     pub fn ram(&self) -> &[GpaRange] {
         &self.ram
@@ -447,7 +471,7 @@ pub fn allocate(layout: &MemoryLayout, extra: &[GpaRange]) -> Result<GuestMemory
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
 
@@ -548,11 +572,27 @@ mod tests {
     }
 
     #[test]
+    fn address_width_bounds_ram() {
+        let layout = MemoryLayout::new(64 << 30).unwrap();
+        assert_eq!(layout.check_address_width(48), Ok(()));
+        assert_eq!(
+            layout.check_address_width(36),
+            Err(MemoryError::RamBeyondAddressWidth {
+                requested: "64G".into(),
+                end: 0x10_4000_0000,
+                bits: 36
+            })
+        );
+    }
+
+    #[test]
     fn extra_backing_merges_firmware_pages() {
         let layout = MemoryLayout::new(64 << 20).unwrap();
-        let pages = (0..32u64)
-            .map(|i| 0xFFFE_0000 + i * PAGE_SIZE)
-            .chain([0x1000, 0x8000_0000, 0xFFFE_0000]);
+        let pages = (0..32u64).map(|i| 0xFFFE_0000 + i * PAGE_SIZE).chain([
+            0x1000,
+            0x8000_0000,
+            0xFFFE_0000,
+        ]);
         let extra = layout.extra_backing(pages, 48).unwrap();
         assert_eq!(
             extra,
@@ -661,7 +701,10 @@ mod tests {
         let memory = allocate(&layout, &extra).unwrap();
         assert_eq!(memory.num_regions(), 2);
         memory.write_obj(0xAAu8, GuestAddress(0xFFFF_FFFF)).unwrap();
-        assert_eq!(memory.read_obj::<u8>(GuestAddress(0xFFFF_FFFF)).unwrap(), 0xAA);
+        assert_eq!(
+            memory.read_obj::<u8>(GuestAddress(0xFFFF_FFFF)).unwrap(),
+            0xAA
+        );
         assert!(memory.read_obj::<u8>(GuestAddress(4 << 20)).is_err());
     }
 }

@@ -145,8 +145,10 @@ pub fn set_initial_state(
     let mut sregs = vcpu.get_sregs().map_err(kvm_error("KVM_GET_SREGS"))?;
     let regs = match context {
         Some(context) => {
-            regs::apply_native_sregs(&mut sregs, context)
-                .map_err(|source| VmmError::Regs { vcpu: index, source })?;
+            regs::apply_native_sregs(&mut sregs, context).map_err(|source| VmmError::Regs {
+                vcpu: index,
+                source,
+            })?;
             regs::native_regs(context)
         }
         None if index == 0 => {
@@ -178,7 +180,7 @@ pub fn set_initial_state(
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 mod tests {
     use igvm_loader::plan::{HeaderRef, HostOnlyData, PAGE_SIZE_2M};
     use vm_memory::GuestAddress;
@@ -220,11 +222,26 @@ mod tests {
     #[test]
     fn pages_land_in_order() {
         let plan = plan(vec![
-            op(0x1000, PAGE_SIZE_4K, PageData::Bytes(vec![0xAA; 16]), PageKind::Normal),
-            op(0x2000, PAGE_SIZE_4K, PageData::Bytes(vec![0xBB; 4096]), PageKind::Unmeasured),
+            op(
+                0x1000,
+                PAGE_SIZE_4K,
+                PageData::Bytes(vec![0xAA; 16]),
+                PageKind::Normal,
+            ),
+            op(
+                0x2000,
+                PAGE_SIZE_4K,
+                PageData::Bytes(vec![0xBB; 4096]),
+                PageKind::Unmeasured,
+            ),
             // A later zero page clears what the first operation wrote.
             op(0x1000, PAGE_SIZE_4K, PageData::Zero, PageKind::Normal),
-            op(0x3000, PAGE_SIZE_4K, PageData::Bytes(vec![1, 2, 3]), PageKind::Parameter { area_index: 0 }),
+            op(
+                0x3000,
+                PAGE_SIZE_4K,
+                PageData::Bytes(vec![1, 2, 3]),
+                PageKind::Parameter { area_index: 0 },
+            ),
         ]);
         let memory = memory();
         write_pages(&plan, &memory).unwrap();
@@ -240,8 +257,18 @@ mod tests {
     #[test]
     fn short_data_overwrites_with_zero_tail() {
         let plan = plan(vec![
-            op(0x1000, PAGE_SIZE_4K, PageData::Bytes(vec![0xAA; 4096]), PageKind::Normal),
-            op(0x1000, PAGE_SIZE_4K, PageData::Bytes(vec![0x11; 8]), PageKind::Normal),
+            op(
+                0x1000,
+                PAGE_SIZE_4K,
+                PageData::Bytes(vec![0xAA; 4096]),
+                PageKind::Normal,
+            ),
+            op(
+                0x1000,
+                PAGE_SIZE_4K,
+                PageData::Bytes(vec![0x11; 8]),
+                PageKind::Normal,
+            ),
         ]);
         let memory = memory();
         write_pages(&plan, &memory).unwrap();
@@ -255,29 +282,57 @@ mod tests {
     fn two_mib_operation_covers_512_pages() {
         let mut data = vec![0u8; 0x2000];
         data[0x1FFF] = 0x5A;
-        let plan = plan(vec![op(0x20_0000, PAGE_SIZE_2M, PageData::Bytes(data), PageKind::Normal)]);
+        let plan = plan(vec![op(
+            0x20_0000,
+            PAGE_SIZE_2M,
+            PageData::Bytes(data),
+            PageKind::Normal,
+        )]);
         assert_eq!(plan_pages(&plan).count(), 512);
         let memory = memory();
         write_pages(&plan, &memory).unwrap();
-        assert_eq!(memory.read_obj::<u8>(GuestAddress(0x20_1FFF)).unwrap(), 0x5A);
+        assert_eq!(
+            memory.read_obj::<u8>(GuestAddress(0x20_1FFF)).unwrap(),
+            0x5A
+        );
     }
 
     #[test]
     fn write_outside_memory_fails() {
-        let plan = plan(vec![op(0x100_0000, PAGE_SIZE_4K, PageData::Bytes(vec![1]), PageKind::Normal)]);
+        let plan = plan(vec![op(
+            0x100_0000,
+            PAGE_SIZE_4K,
+            PageData::Bytes(vec![1]),
+            PageKind::Normal,
+        )]);
         assert!(matches!(
             write_pages(&plan, &memory()),
-            Err(VmmError::GuestMemory { gpa: 0x100_0000, len: 1, .. })
+            Err(VmmError::GuestMemory {
+                gpa: 0x100_0000,
+                len: 1,
+                ..
+            })
         ));
     }
 
     #[test]
     fn rejects_snp_pages_and_other_platforms() {
-        let secrets = plan(vec![op(0x1000, PAGE_SIZE_4K, PageData::Zero, PageKind::Secrets)]);
-        assert!(matches!(vp_contexts(&secrets, 1), Err(VmmError::Unsupported(_))));
+        let secrets = plan(vec![op(
+            0x1000,
+            PAGE_SIZE_4K,
+            PageData::Zero,
+            PageKind::Secrets,
+        )]);
+        assert!(matches!(
+            vp_contexts(&secrets, 1),
+            Err(VmmError::Unsupported(_))
+        ));
         let mut snp = plan(Vec::new());
         snp.platform = Platform::SevSnp;
-        assert!(matches!(vp_contexts(&snp, 1), Err(VmmError::Unsupported(_))));
+        assert!(matches!(
+            vp_contexts(&snp, 1),
+            Err(VmmError::Unsupported(_))
+        ));
         assert_eq!(vp_contexts(&plan(Vec::new()), 2).unwrap(), vec![None, None]);
     }
 }

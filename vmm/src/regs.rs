@@ -227,7 +227,7 @@ pub fn apply_reset_sregs(sregs: &mut kvm_sregs) {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
 
@@ -281,7 +281,17 @@ mod tests {
         apply_native_sregs(&mut sregs, &context).unwrap();
         let cs = sregs.cs;
         assert_eq!(
-            (cs.selector, cs.type_, cs.s, cs.dpl, cs.present, cs.l, cs.db, cs.g, cs.avl),
+            (
+                cs.selector,
+                cs.type_,
+                cs.s,
+                cs.dpl,
+                cs.present,
+                cs.l,
+                cs.db,
+                cs.g,
+                cs.avl
+            ),
             (0x8, 0xB, 1, 0, 1, 0, 1, 1, 0)
         );
         assert_eq!((cs.base, cs.limit, cs.unusable), (0, 0xFFFF_FFFF, 0));

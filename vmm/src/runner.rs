@@ -54,13 +54,14 @@ pub fn run_vm(config: VmConfig) -> Result<StopReason, VmmError> {
         });
     }
     let cpus = config.cpus;
-    let mut layout = MemoryLayout::new(config.memory_bytes)?;
-    HostLimits::read().check(config.memory_bytes)?;
     let supported = vm::supported_cpuid(&kvm)?;
     let paging = PagingFeatures {
         phys_bits: cpuid::phys_address_bits(&supported),
         page_1gb: cpuid::offers_1gib_pages(&supported),
     };
+    let mut layout = MemoryLayout::new(config.memory_bytes)?;
+    layout.check_address_width(paging.phys_bits)?;
+    HostLimits::read().check(config.memory_bytes)?;
 
     let plan = match &config.image {
         GuestImage::Plan(plan) => (**plan).clone(),
@@ -99,14 +100,11 @@ pub fn run_vm(config: VmConfig) -> Result<StopReason, VmmError> {
 
     // From here on the terminal may be in raw mode; the guard restores it on every return.
     let _raw_mode = match &config.serial {
-        SerialConfig::Stdio => {
-            RawModeGuard::enter(std::os::fd::AsFd::as_fd(&std::io::stdin())).map_err(|source| {
-                VmmError::Sink {
-                    what: "the terminal in raw mode".into(),
-                    source,
-                }
-            })?
-        }
+        SerialConfig::Stdio => RawModeGuard::enter(std::os::fd::AsFd::as_fd(&std::io::stdin()))
+            .map_err(|source| VmmError::Sink {
+                what: "the terminal in raw mode".into(),
+                source,
+            })?,
         _ => None,
     };
     let stop = config.stop.clone();

@@ -22,8 +22,7 @@ pub fn kick_signal() -> c_int {
     vmm_sys_util::signal::SIGRTMIN()
 }
 
-extern "C" fn on_kick(_signal: c_int, _info: *mut siginfo_t, _context: *mut std::os::raw::c_void) {
-}
+extern "C" fn on_kick(_signal: c_int, _info: *mut siginfo_t, _context: *mut std::os::raw::c_void) {}
 
 extern "C" fn on_stop_signal(
     signal: c_int,

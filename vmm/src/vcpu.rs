@@ -3,7 +3,7 @@
 //!
 //! Port I/O arrives as `KVM_EXIT_IO` with `count` elements of `size` bytes. String instructions
 //! (`rep insb`, `rep outsw`, ...) have `count > 1`, and each element is one bus access to the
-//! same port. A device's answer to a write can stop the VM (debug exit, reset). Triple faults,
+//! same port. A device's action after a write can stop the VM (debug exit, reset). Triple faults,
 //! KVM internal errors and failed entries stop it with a crash report. When the coordinator
 //! kicks the thread out of `KVM_RUN` (`EINTR`), the thread answers a pending halt sample and
 //! goes back in, unless the VM is stopping.
@@ -26,6 +26,10 @@ use crate::exit::{ResetSource, StopReason};
 use crate::pagewalk::{self, WalkInput};
 use crate::regs::{EFER_LMA, RFLAGS_IF};
 use crate::report::{CrashReport, InternalError};
+
+/// Words of `internal.data` that an emulation failure with instruction bytes fills with its
+/// flags, `insn_size` and `insn_bytes` (the `emulation_failure` member of `struct kvm_run`).
+const EMULATION_FAILURE_HEADER_WORDS: usize = 3;
 
 /// The guest CPU features that the page walk of a crash report depends on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,10 +167,8 @@ impl VcpuRunner {
                 Flow::Continue
             }
             Exit::Shutdown => {
-                let report = self.crash_report(
-                    "KVM_EXIT_SHUTDOWN (triple fault)".to_string(),
-                    Vec::new(),
-                );
+                let report =
+                    self.crash_report("KVM_EXIT_SHUTDOWN (triple fault)".to_string(), Vec::new());
                 Flow::Stop(StopReason::TripleFault(Box::new(report)))
             }
             Exit::InternalError => {
@@ -192,8 +194,7 @@ impl VcpuRunner {
                 Flow::Stop(StopReason::KvmFailure(Box::new(report)))
             }
             Exit::Other(description) => {
-                let report =
-                    self.crash_report(format!("unhandled exit {description}"), Vec::new());
+                let report = self.crash_report(format!("unhandled exit {description}"), Vec::new());
                 Flow::Stop(StopReason::KvmFailure(Box::new(report)))
             }
         }
@@ -262,19 +263,26 @@ impl VcpuRunner {
         let ndata = usize::try_from(internal.ndata)
             .unwrap_or(0)
             .min(internal.data.len());
-        let data = internal.data.get(..ndata).unwrap_or_default().to_vec();
-        let instruction = if internal.suberror == KVM_INTERNAL_ERROR_EMULATION
+        let has_instruction = internal.suberror == KVM_INTERNAL_ERROR_EMULATION
             && emulation.flags & u64::from(KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES)
-                != 0
-        {
+                != 0;
+        let (instruction, first_data_word) = if has_instruction {
             // SAFETY: KVM sets the instruction-bytes flag only after filling insn_size and
             // insn_bytes, which are plain integers.
             let bytes = unsafe { emulation.__bindgen_anon_1.__bindgen_anon_1 };
             let size = usize::from(bytes.insn_size).min(bytes.insn_bytes.len());
-            Some(bytes.insn_bytes.get(..size).unwrap_or_default().to_vec())
+            let instruction = bytes.insn_bytes.get(..size).unwrap_or_default().to_vec();
+            // The flags word and the 16 bytes of insn_size and insn_bytes come first in
+            // `data`, and the diagnostic words follow them.
+            (Some(instruction), EMULATION_FAILURE_HEADER_WORDS)
         } else {
-            None
+            (None, 0)
         };
+        let data = internal
+            .data
+            .get(first_data_word.min(ndata)..ndata)
+            .unwrap_or_default()
+            .to_vec();
         InternalError {
             suberror: internal.suberror,
             data,

@@ -179,7 +179,10 @@ impl Vm {
 
     /// Returns the buses, shared with the vCPU threads.
     pub fn shared_buses(&self) -> (Arc<Bus>, Arc<Bus>) {
-        (Arc::new(self.io_bus.clone()), Arc::new(self.mmio_bus.clone()))
+        (
+            Arc::new(self.io_bus.clone()),
+            Arc::new(self.mmio_bus.clone()),
+        )
     }
 }
 
@@ -202,7 +205,7 @@ fn set_lvt(regs: &mut [std::os::raw::c_char], offset: usize, delivery: u32) {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
 

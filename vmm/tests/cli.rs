@@ -37,7 +37,14 @@ fn help_lists_subcommands() {
         );
     }
     let run_help = stdout(&igvmm(&["run", "--help"]));
-    for option in ["--memory", "--cpus", "--platform", "--serial", "--debugcon", "--demo"] {
+    for option in [
+        "--memory",
+        "--cpus",
+        "--platform",
+        "--serial",
+        "--debugcon",
+        "--demo",
+    ] {
         assert!(run_help.contains(option), "run --help lacks {option}");
     }
 }
@@ -109,12 +116,20 @@ fn inspect_reads_every_conformance_file() {
     assert_eq!(files.len(), 4);
     for path in files {
         let text = igvmm(&["inspect", path.to_str().unwrap()]);
-        assert_eq!(text.status.code(), Some(0), "{}: {}", path.display(), stderr(&text));
+        assert_eq!(
+            text.status.code(),
+            Some(0),
+            "{}: {}",
+            path.display(),
+            stderr(&text)
+        );
         assert!(stdout(&text).starts_with("IGVM format version "));
         let json = igvmm(&["inspect", "--json", path.to_str().unwrap()]);
         assert_eq!(json.status.code(), Some(0));
         let value: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
-        assert!(value["platforms"].as_array().is_some_and(|list| !list.is_empty()));
+        assert!(value["platforms"]
+            .as_array()
+            .is_some_and(|list| !list.is_empty()));
         assert!(value["format_version"].as_u64().is_some());
     }
     let json = igvmm(&[
@@ -144,14 +159,16 @@ fn bad_memory_is_one_line() {
         stderr(&output),
         "igvmm: invalid memory size \"12X\": expected a number of bytes with an optional K, M, G or T suffix, for example 512M\n"
     );
-    let output = igvmm(&["run", "--demo", "--memory", "1000T"]);
-    assert_eq!(output.status.code(), Some(1));
-    let text = stderr(&output);
-    assert!(
-        text.starts_with("igvmm: --memory 1000T "),
-        "unexpected message: {text}"
-    );
-    assert_eq!(text.lines().count(), 1);
+    for size in ["1000T", "2T"] {
+        let output = igvmm(&["run", "--demo", "--memory", size]);
+        assert_eq!(output.status.code(), Some(1));
+        let text = stderr(&output);
+        assert!(
+            text.starts_with(&format!("igvmm: --memory {size} ")),
+            "unexpected message: {text}"
+        );
+        assert_eq!(text.lines().count(), 1);
+    }
 }
 
 #[test]
@@ -181,7 +198,7 @@ fn sev_snp_on_this_host_is_one_line() {
     let text = stderr(&output);
     assert_eq!(text.lines().count(), 1, "more than one line: {text}");
     assert!(text.starts_with("igvmm: "), "{text}");
-    assert!(text.contains("sev-snp"), "{text}");
+    assert!(text.to_lowercase().contains("sev-snp"), "{text}");
 }
 
 #[test]
@@ -254,4 +271,23 @@ fn demo_reads_corim_by_dma() {
     assert!(text.contains("  opt/org.tianocode/sp800155evt/0, "));
     assert!(text.ends_with("demo done\n"));
     assert!(stderr(&output).contains("the CoRIM does not decode"));
+}
+
+#[test]
+fn memory_above_address_space_limit() {
+    // About 1.9 GiB of address space cannot hold 2 GiB of guest RAM.
+    let script = format!(
+        "ulimit -v 2000000 && exec {} run --demo --memory 2G",
+        env!("CARGO_BIN_EXE_igvmm")
+    );
+    let output = Command::new("sh")
+        .args(["-c", &script])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(
+        stderr(&output),
+        "igvmm: --memory 2G needs more address space than the process limit allows (RLIMIT_AS 2048000000 bytes); lower --memory or raise the limit with `ulimit -v`\n"
+    );
 }

@@ -11,7 +11,9 @@ use igvm_loader::measure::{self, hex_upper, SnpLaunchDigest, SnpMode, SnpPageTyp
 use igvm_loader::plan::{Plan, Platform, VpState};
 use igvm_loader::{load, LoadOptions};
 use kvm_bindings::{kvm_cpuid_entry2, KVM_CPUID_FLAG_SIGNIFCANT_INDEX};
-use vmm::coco::ffi::{SnpCpuidPage, KVM_CAP_EXIT_HYPERCALL, KVM_MEMORY_ATTRIBUTE_PRIVATE, KVM_MEM_GUEST_MEMFD};
+use vmm::coco::ffi::{
+    SnpCpuidPage, KVM_CAP_EXIT_HYPERCALL, KVM_MEMORY_ATTRIBUTE_PRIVATE, KVM_MEM_GUEST_MEMFD,
+};
 use vmm::coco::memory::GuestRange;
 use vmm::coco::snp::{self, SnpCall, SnpLaunchConfig, SnpRecorder};
 use vmm::coco::snp_regs::kvm_sync_vmsa;
@@ -76,8 +78,24 @@ fn cpuid_table() -> Vec<kvm_cpuid_entry2> {
     vec![
         leaf(0, 0, 0, 0xD, 0x6874_7541, 0x444D_4163, 0x6974_6E65),
         leaf(1, 0, 0, SIGNATURE, 0x0080_0800, 0xFED8_3203, 0x178B_FBFF),
-        leaf(7, 0, KVM_CPUID_FLAG_SIGNIFCANT_INDEX, 0, 0x219C_97A9, 0x0040_068C, 0),
-        leaf(0xD, 0, KVM_CPUID_FLAG_SIGNIFCANT_INDEX, 0x7, 0x340, 0x340, 0),
+        leaf(
+            7,
+            0,
+            KVM_CPUID_FLAG_SIGNIFCANT_INDEX,
+            0,
+            0x219C_97A9,
+            0x0040_068C,
+            0,
+        ),
+        leaf(
+            0xD,
+            0,
+            KVM_CPUID_FLAG_SIGNIFCANT_INDEX,
+            0x7,
+            0x340,
+            0x340,
+            0,
+        ),
         leaf(0xD, 1, KVM_CPUID_FLAG_SIGNIFCANT_INDEX, 0xF, 0x340, 0, 0),
         leaf(0x8000_0000, 0, 0, 0x8000_0021, 0, 0, 0),
         leaf(0x8000_0008, 0, 0, 0x3030, 0, 0, 0),
@@ -108,14 +126,18 @@ fn expected_updates() -> Vec<(u64, u8, u64)> {
         (0x8013, unmeasured, 1),
         (0x8010, unmeasured, 1),
     ];
-    for gfn in [0x8002, 0x8003, 0x8004, 0x8000, 0x8001, 0x800F, 0x8016, 0x8017, 0x8005, 0x8018] {
+    for gfn in [
+        0x8002, 0x8003, 0x8004, 0x8000, 0x8001, 0x800F, 0x8016, 0x8017, 0x8005, 0x8018,
+    ] {
         updates.push((gfn, normal, 1));
     }
     // Empty pages, launched as NORMAL pages of zeros.
     for gfn in 0x8006..=0x800C {
         updates.push((gfn, normal, 1));
     }
-    for gfn in [0x800D, 0x10, 0x17, 0x18, 0x19, 0x1A, 0x16, 0x11, 0x12, 0x13, 0x14, 0x15] {
+    for gfn in [
+        0x800D, 0x10, 0x17, 0x18, 0x19, 0x1A, 0x16, 0x11, 0x12, 0x13, 0x14, 0x15,
+    ] {
         updates.push((gfn, normal, 1));
     }
     updates.push((0x1B, SnpPageType::Cpuid as u8, 1));
@@ -175,7 +197,11 @@ fn qemu_snp_golden_ioctl_sequence() {
             cpuid: cpuid_table()
         }
     );
-    let SnpCall::SetVcpuRegisters { index: 0, registers } = &calls[8] else {
+    let SnpCall::SetVcpuRegisters {
+        index: 0,
+        registers,
+    } = &calls[8]
+    else {
         panic!("call 8 is {:?}", calls[8]);
     };
     assert_eq!(registers.regs.rip, 0x10002);
@@ -186,7 +212,11 @@ fn qemu_snp_golden_ioctl_sequence() {
     assert_eq!(registers.sregs.cr4, 0x60);
     assert_eq!(registers.sregs.efer, 0x1800);
     assert_eq!(
-        (registers.sregs.cs.selector, registers.sregs.cs.type_, registers.sregs.cs.db),
+        (
+            registers.sregs.cs.selector,
+            registers.sregs.cs.type_,
+            registers.sregs.cs.db
+        ),
         (8, 0xB, 1)
     );
     assert_eq!((registers.fpu.fcw, registers.fpu.mxcsr), (0, 0));
@@ -225,7 +255,7 @@ fn qemu_snp_golden_ioctl_sequence() {
             id_auth: None
         }
     );
-    assert_eq!(report.launch_updates, 33);
+    assert_eq!(report.launch_updates, 35);
     assert_eq!(report.cpuid_retries, 0);
     assert_eq!(report.predicted.digest_hex(), QEMU_SNP_KVM_DIGEST);
 }
@@ -256,7 +286,10 @@ fn qemu_snp_page_bytes_match_the_plan() {
     let cpuid = SnpCpuidPage::from_page(page(0x1B));
     assert_eq!(cpuid.count, 7);
     let xsave = cpuid.entries()[3];
-    assert_eq!((xsave.eax_in, xsave.ecx_in, xsave.ebx, xsave.xcr0_in), (0xD, 0, 0x240, 1));
+    assert_eq!(
+        (xsave.eax_in, xsave.ecx_in, xsave.ebx, xsave.xcr0_in),
+        (0xD, 0, 0x240, 1)
+    );
     assert_eq!(cpuid.entries()[1].eax, SIGNATURE);
 }
 
@@ -301,10 +334,13 @@ fn qemu_snp_replay_gives_kvm_digest() {
     let calls = recorder.calls();
     assert_eq!(hex_upper(&replay(&calls).digest()), QEMU_SNP_KVM_DIGEST);
 
-    // The VMSA KVM builds equals the file's VMSA byte for byte, so the only difference from the
-    // file digest is where the VMSA is measured: moving it before the last two pages (CPUID and
-    // SECRETS, which the file places after it) gives the file digest.
-    let VpState::Snp { vmsa: file_vmsa, .. } = &plan.vp_contexts[0].state else {
+    // The VMSA that KVM builds equals the file's VMSA byte for byte. So the only difference from
+    // the file digest is where the VMSA is measured. The file places the CPUID and SECRETS pages
+    // after it, and measuring it before those two pages gives the file digest.
+    let VpState::Snp {
+        vmsa: file_vmsa, ..
+    } = &plan.vp_contexts[0].state
+    else {
         panic!("vp 0 has no VMSA");
     };
     let registers = calls
@@ -354,7 +390,7 @@ fn replay_with_aps_matches_model() {
         .count();
     assert_eq!(vcpus, 3);
     let replayed = replay(&calls);
-    assert_eq!(replayed.pages(), 33 + 3);
+    assert_eq!(replayed.pages(), 35 + 3);
     assert_eq!(hex_upper(&replayed.digest()), report.predicted.digest_hex());
     let model = measure::measure_snp(
         &plan,
@@ -367,7 +403,10 @@ fn replay_with_aps_matches_model() {
     assert_eq!(model.digest, replayed.digest());
 
     // An AP starts at reset with RDX = CPUID(1).EAX.
-    let SnpCall::SetVcpuRegisters { index: 2, registers } = calls
+    let SnpCall::SetVcpuRegisters {
+        index: 2,
+        registers,
+    } = calls
         .iter()
         .filter(|call| matches!(call, SnpCall::SetVcpuRegisters { .. }))
         .nth(2)
@@ -382,7 +421,7 @@ fn replay_with_aps_matches_model() {
 
 fn correct_leaf_7(page: &mut [u8]) {
     let mut cpuid = SnpCpuidPage::from_page(page);
-    cpuid.functions[2].ebx &= !0x0000_0800;
+    cpuid.functions[2].ebx &= !0x0000_0100;
     page.copy_from_slice(&cpuid.to_page());
 }
 
@@ -406,12 +445,12 @@ fn corrected_cpuid_page_is_retried_once() {
     let first = SnpCpuidPage::from_page(&cpuid_updates[0]);
     let second = SnpCpuidPage::from_page(&cpuid_updates[1]);
     assert_eq!(first.functions[2].ebx, 0x219C_97A9);
-    assert_eq!(second.functions[2].ebx, 0x219C_91A9);
+    assert_eq!(second.functions[2].ebx, 0x219C_96A9);
     // CPUID contents are not measured, so the retry leaves the digest unchanged.
     assert_eq!(report.predicted.digest_hex(), QEMU_SNP_KVM_DIGEST);
     assert_eq!(
         snp::cpuid_changes(&cpuid_updates[0], &cpuid_updates[1]),
-        ["leaf 0x7.0x0: ebx 0x219c97a9 -> 0x219c91a9"]
+        ["leaf 0x7.0x0: ebx 0x219c97a9 -> 0x219c96a9"]
     );
 }
 
@@ -427,7 +466,7 @@ fn strict_cpuid_rejects_correction() {
     match error {
         CocoError::CpuidRejected { gpa, changes } => {
             assert_eq!(gpa, 0x1B000);
-            assert_eq!(changes, ["leaf 0x7.0x0: ebx 0x219c97a9 -> 0x219c91a9"]);
+            assert_eq!(changes, ["leaf 0x7.0x0: ebx 0x219c97a9 -> 0x219c96a9"]);
         }
         other => panic!("unexpected error {other}"),
     }
@@ -478,7 +517,10 @@ fn pages_outside_memory_are_rejected() {
         size: 0x800_0000,
     }];
     let error = snp::launch(&mut recorder, &plan, &small, &config(1)).unwrap_err();
-    assert!(matches!(error, CocoError::OutsideMemory { gpa: 0x8012000, .. }), "{error}");
+    assert!(
+        matches!(error, CocoError::OutsideMemory { gpa: 0x8012000, .. }),
+        "{error}"
+    );
 }
 
 #[test]
@@ -487,7 +529,10 @@ fn runtime_conversions_go_through_ops() {
     let exits = snp::recorder_exits(recorder.clone(), REGIONS.to_vec());
     // MAP_GPA_RANGE to shared, then a private memory fault that converts back.
     assert_eq!(exits.hypercall(0, 12, &[0x20_0000, 4, 0, 0, 0, 0]), Some(0));
-    assert_eq!(exits.memory_fault(0, 1 << 3, 0x20_0000, 0x1000), ExitAction::Resume);
+    assert_eq!(
+        exits.memory_fault(0, 1 << 3, 0x20_0000, 0x1000),
+        ExitAction::Resume
+    );
     assert_eq!(exits.hypercall(0, 11, &[0; 6]), None);
     assert_eq!(
         recorder.calls(),
@@ -535,14 +580,31 @@ fn snp_launch_on_hardware() {
             return;
         }
     };
-    let plan = snp_plan("tiny-qemu-snp-native.igvm", 1);
+    // The file requests RESTRICTED_INJECTION, which KVM does not offer, so keep only the
+    // features this host supports.
+    let mut plan = snp_plan("tiny-qemu-snp-native.igvm", 1);
+    let supported = host.vmsa_features.unwrap_or(0);
+    if let VpState::Snp { vmsa, .. } = &mut plan.vp_contexts[0].state {
+        let features = vmsa.sev_features.into_bits() & (supported | 1);
+        vmsa.sev_features = igvm::snp_defs::SevFeatures::from_bits(features);
+    }
+    let expected = measure::measure_snp(
+        &plan,
+        SnpMode::KvmLaunch {
+            vcpus: 1,
+            cpuid_1_eax: SIGNATURE,
+        },
+    )
+    .unwrap();
     let memory = vm_memory::GuestMemoryMmap::<()>::from_ranges(&[(
         vm_memory::GuestAddress(0),
         RAM as usize,
     )])
     .unwrap();
     let kvm = kvm_ioctls::Kvm::new().unwrap();
-    let supported = kvm.get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES).unwrap();
+    let supported = kvm
+        .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+        .unwrap();
     let config = SnpLaunchConfig {
         cpuid: vec![supported.as_slice().to_vec()],
         supported_vmsa_features: None,
@@ -562,6 +624,7 @@ fn snp_launch_on_hardware() {
         }),
     )
     .unwrap();
-    assert_eq!(launched.predicted.digest_hex(), QEMU_SNP_KVM_DIGEST);
+    // With one vCPU that has a VP context, the CPUID signature does not enter the digest.
+    assert_eq!(launched.predicted.digest, expected.digest);
     assert_eq!(launched.vcpus.len(), 1);
 }

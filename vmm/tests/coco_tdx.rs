@@ -285,7 +285,7 @@ fn debug_attribute_and_unsupported_bits() {
         .any(|call| matches!(call, TdxCall::InitVm { .. })));
 }
 
-/// A native VP context that states the TDX module's initial state, with RCX = R8.
+/// Returns a native VP context equal to the TDX module's initial state, with RCX = R8 = `rcx`.
 fn tdx_context(rcx: u64) -> IgvmNativeVpContextX64 {
     let mut context = IgvmNativeVpContextX64::new_zeroed();
     context.rip = 0xFFFF_FFF0;
@@ -319,7 +319,10 @@ fn with_context(context: IgvmNativeVpContextX64) -> Plan {
 
 #[test]
 fn vp_context_matching_tdx_state_sets_rcx() {
-    assert_eq!(tdx::check_vp_contexts(&with_context(tdx_context(0x8010000))).unwrap(), 0x8010000);
+    assert_eq!(
+        tdx::check_vp_contexts(&with_context(tdx_context(0x8010000))).unwrap(),
+        0x8010000
+    );
     let plan = with_context(tdx_context(0x8010000));
     let mut recorder = TdxRecorder::new(capabilities());
     let report = tdx::launch(&mut recorder, &plan, &[MEMORY], &config()).unwrap();
@@ -330,9 +333,12 @@ fn vp_context_matching_tdx_state_sets_rcx() {
     }));
 }
 
+/// A register name and a change that sets that register.
+type ContextCase = (&'static str, fn(&mut IgvmNativeVpContextX64));
+
 #[test]
 fn vp_context_contradicting_tdx_state_is_rejected() {
-    let cases: [(&str, fn(&mut IgvmNativeVpContextX64)); 5] = [
+    let cases: [ContextCase; 5] = [
         ("cr0", |c| c.cr0 = 0x8000_0031),
         ("rip", |c| c.rip = 0x10_0000),
         ("efer", |c| c.efer = 0xD01),
@@ -407,7 +413,10 @@ fn tdvmcall_exits_are_answered() {
         TDVMCALL_STATUS_SUBFUNC_UNSUPPORTED
     );
 
-    assert_eq!(exits.unsupported_exit(0, 43, &mut run), ExitAction::NotHandled);
+    assert_eq!(
+        exits.unsupported_exit(0, 43, &mut run),
+        ExitAction::NotHandled
+    );
 }
 
 #[test]
@@ -446,12 +455,15 @@ fn tdx_launch_on_hardware() {
     ])
     .unwrap();
     let kvm = kvm_ioctls::Kvm::new().unwrap();
-    let supported = kvm.get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES).unwrap();
+    let supported = kvm
+        .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+        .unwrap();
     let config = TdxLaunchConfig {
         vcpus: 1,
         cpuid: vec![supported.as_slice().to_vec()],
         ..config()
     };
-    let launched = tdx::launch_on_host(host, &plan, memory, config, None, Box::new(|_| Ok(()))).unwrap();
+    let launched =
+        tdx::launch_on_host(host, &plan, memory, config, None, Box::new(|_| Ok(()))).unwrap();
     assert_eq!(launched.predicted.digest_hex(), TDP_MRTD);
 }

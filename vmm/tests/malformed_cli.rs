@@ -1,8 +1,8 @@
 //! `igvmm run` and `igvmm inspect` on malformed IGVM files and bad paths.
 //!
 //! Each case writes a file built here from a valid native file (written with the igvm crate),
-//! runs the `igvmm` binary on it, and checks what a user sees: a non-zero exit status, exactly
-//! one line on stderr that names the problem, and nothing on stdout, so no guest ran.
+//! runs the `igvmm` binary on it, and checks the user-visible result: a non-zero exit status,
+//! exactly one line on stderr that names the problem, and nothing on stdout, so no guest ran.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
@@ -48,7 +48,8 @@ fn page(gpa: u64, data: Vec<u8>) -> IgvmDirectiveHeader {
     }
 }
 
-/// A VP context in the x86 reset state. No guest runs in these tests, so any state does.
+/// Returns a VP context in the x86 reset state. No guest runs in these tests, so any state
+/// does.
 fn context(vp_index: u16) -> IgvmDirectiveHeader {
     let context: IgvmNativeVpContextX64 = igvm_loader::builder::real_mode_reset_context();
     IgvmDirectiveHeader::X64NativeVpContext {
@@ -58,7 +59,7 @@ fn context(vp_index: u16) -> IgvmDirectiveHeader {
     }
 }
 
-/// A valid native file: two pages at 1 MiB, a parameter area with the vCPU count inserted after
+/// Returns a valid native file: two pages at 1 MiB, a parameter area with the vCPU count inserted after
 /// them, a RequiredMemory page at 3 MiB, then `extra` and the VP context of vCPU 0.
 fn file_with(extra: Vec<IgvmDirectiveHeader>) -> Vec<u8> {
     let mut directives = vec![
@@ -97,7 +98,8 @@ fn file_with(extra: Vec<IgvmDirectiveHeader>) -> Vec<u8> {
     let file = IgvmFile::new(IgvmRevision::V1, vec![platform], Vec::new(), directives)
         .expect("the igvm crate accepts the headers");
     let mut bytes = Vec::new();
-    file.serialize(&mut bytes).expect("the igvm crate serializes the file");
+    file.serialize(&mut bytes)
+        .expect("the igvm crate serializes the file");
     bytes
 }
 
@@ -304,6 +306,7 @@ fn cases() -> Vec<Case> {
             &[],
             "PageData header 0x302 at directive index 6",
         ),
+        // The error names the GPA; `firmware_page_errors_name_the_header` asks for the header.
         run_only(
             "page on the local APIC page",
             file_with(vec![page(0xFEE0_0000, b"apic".to_vec())]),
@@ -497,4 +500,28 @@ fn malformed_files_are_rejected_on_one_line() {
         failures.len(),
         failures.join("\n")
     );
+}
+
+/// `run` backs pages outside RAM (a firmware image below 4 GiB) with extra memory, and rejects
+/// a page that lands on a page KVM owns or beyond the guest physical address width. That
+/// error names the GPA but not the PageData header that placed the page, unlike the loader's
+/// errors.
+#[test]
+fn firmware_page_errors_name_the_header() {
+    let dir = scratch_dir();
+    let mut failures = Vec::new();
+    for (name, gpa) in [
+        ("page on the local APIC page", 0xFEE0_0000u64),
+        ("page on KVM's identity map page", 0xFEFF_C000),
+        ("page beyond the physical address width", 1 << 52),
+    ] {
+        let path = dir.join(format!("firmware-{gpa:x}.igvm"));
+        std::fs::write(&path, file_with(vec![page(gpa, b"page".to_vec())])).unwrap();
+        let outcome = igvmm(&["run", "--platform", "native", path.to_str().unwrap()]);
+        println!("{name:<44} {}", outcome.stderr.trim_end());
+        for problem in problems(&outcome, "PageData header 0x302 at directive index 6") {
+            failures.push(format!("{name}: {problem}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

@@ -145,7 +145,10 @@ fn context_for_missing_vcpu_is_rejected() {
     let code = assemble(32, CODE, halt);
     let plan = plan(
         pages(CODE, &code),
-        vec![(0, flat32_context(CODE, STACK)), (3, flat32_context(CODE, STACK))],
+        vec![
+            (0, flat32_context(CODE, STACK)),
+            (3, flat32_context(CODE, STACK)),
+        ],
     );
     let (result, _) = run_plan(plan, 2);
     let error = result.unwrap_err().to_string();
@@ -180,7 +183,10 @@ fn i8042_and_port92_reset() {
     );
     let reason = result.unwrap();
     assert_eq!(reason, StopReason::Reset(ResetSource::Port(0x92)));
-    assert_eq!(reason.to_string(), "guest requested reset (write to port 0x92)");
+    assert_eq!(
+        reason.to_string(),
+        "guest requested reset (write to port 0x92)"
+    );
     assert_eq!(reason.exit_status(), 4);
 }
 
@@ -347,4 +353,41 @@ fn bad_configuration_is_rejected() {
         vmm::run_vm(config).unwrap_err().to_string(),
         "memory size 1048576 bytes is below the minimum of 2097152 bytes (2M)"
     );
+}
+
+#[test]
+fn emulation_failure_is_reported() {
+    if !kvm_available("emulation_failure_is_reported") {
+        return;
+    }
+    // An x87 load from an address no device claims is MMIO that KVM's emulator cannot do.
+    let (result, _) = run_plan(
+        flat32_plan(|a| {
+            a.fld(dword_ptr(0xD000_0000u32))?;
+            halt(a)
+        }),
+        1,
+    );
+    let reason = result.unwrap();
+    let StopReason::KvmFailure(report) = &reason else {
+        panic!("expected a KVM failure, got {reason:?}");
+    };
+    assert_eq!(
+        report.summary,
+        "KVM_EXIT_INTERNAL_ERROR, suberror 1 (emulation failure)"
+    );
+    assert_eq!(report.regs.rip, CODE);
+    assert!(
+        report
+            .details
+            .iter()
+            .any(|line| line.starts_with("instruction bytes: d905000000d0")),
+        "{:?}",
+        report.details
+    );
+    assert_eq!(
+        reason.to_string(),
+        "KVM could not run vCPU 0: KVM_EXIT_INTERNAL_ERROR, suberror 1 (emulation failure)"
+    );
+    assert_eq!(reason.exit_status(), 8);
 }

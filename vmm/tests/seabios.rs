@@ -177,7 +177,10 @@ fn seabios_from_cli_stops_on_sigterm() {
     let status = child.wait().unwrap();
     reader.join().unwrap();
 
-    assert!(reached, "no {NO_BOOT_DEVICE:?} on stdout; stderr:\n{stderr}");
+    assert!(
+        reached,
+        "no {NO_BOOT_DEVICE:?} on stdout; stderr:\n{stderr}"
+    );
     assert_eq!(status.code(), Some(143), "stderr:\n{stderr}");
     assert!(
         stderr.contains("[INFO  guest-debugcon] SeaBIOS (version "),

@@ -1,4 +1,4 @@
-//! The page that tells the boot shim what the packer decided about the kernel.
+//! The configuration page: what the packer decided about the kernel, for the boot shim.
 //!
 //! The packer writes it at `CONFIG_GPA` and the shim reads it first. Like the other shared
 //! modules it uses only `core`, because the freestanding shim compiles it too.
@@ -11,7 +11,7 @@ pub const CONFIG_LEN: usize = 24;
 const ENTRY_OFFSET: usize = 8;
 const COMMAND_LINE_LIMIT_OFFSET: usize = 16;
 
-/// What the shim needs to know about the kernel it starts.
+/// The shim's configuration: the kernel's entry point and command-line limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ShimConfig {
     /// Physical address of the kernel's 64-bit entry point.
@@ -48,7 +48,9 @@ impl ShimConfig {
             return None;
         }
         Some(Self {
-            kernel_entry: u64::from_le_bytes(bytes.get(ENTRY_OFFSET..ENTRY_OFFSET + 8)?.try_into().ok()?),
+            kernel_entry: u64::from_le_bytes(
+                bytes.get(ENTRY_OFFSET..ENTRY_OFFSET + 8)?.try_into().ok()?,
+            ),
             command_line_limit: u32::from_le_bytes(
                 bytes
                     .get(COMMAND_LINE_LIMIT_OFFSET..COMMAND_LINE_LIMIT_OFFSET + 4)?

@@ -1,4 +1,4 @@
-//! Why `pack_kernel` could not write an IGVM file.
+//! Errors of `pack_kernel`.
 
 use thiserror::Error;
 
@@ -56,13 +56,17 @@ pub enum LinuxPackError {
         gpa: u64,
     },
     /// The kernel's memory would end past the 64-bit address space or past 4 GiB.
-    #[error("the kernel would use memory up to {end:#x}, beyond what the boot protocol can address")]
+    #[error(
+        "the kernel would use memory up to {end:#x}, beyond what the boot protocol can address"
+    )]
     KernelTooHigh {
         /// The end address computed.
         end: u64,
     },
     /// The ELF entry point lies outside the loaded segments.
-    #[error("the ELF entry point {entry:#x} lies outside the kernel's memory {start:#x}..{end:#x}")]
+    #[error(
+        "the ELF entry point {entry:#x} lies outside the kernel's memory {start:#x}..{end:#x}"
+    )]
     EntryOutsideKernel {
         /// The physical entry point.
         entry: u64,
@@ -98,7 +102,7 @@ pub enum LinuxPackError {
     /// The boot shim was not built with this crate.
     #[error("the Linux boot shim is not available in this build of igvm-loader: {reason}")]
     ShimUnavailable {
-        /// What the build script reported.
+        /// The reason the build script reported.
         reason: String,
     },
     /// The IGVM builder rejected the layout.

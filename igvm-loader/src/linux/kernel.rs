@@ -1,7 +1,7 @@
 //! Reading a Linux kernel: a bzImage's setup header, or a vmlinux's ELF program headers.
 //!
-//! The result says where the kernel's bytes go in guest memory, where its 64-bit entry point
-//! is, and how much memory above its load address it needs before it reads the e820 map.
+//! The result gives the placement of the kernel's bytes in guest memory, its 64-bit entry
+//! point, and the memory above its load address it needs before it reads the e820 map.
 
 use super::elf::{Elf, ElfError};
 use super::error::LinuxPackError;
@@ -13,7 +13,7 @@ use super::zero_page::{
     XLOADFLAGS,
 };
 
-/// Oldest boot protocol with `xloadflags`, which says whether the 64-bit entry point exists.
+/// Oldest boot protocol with `xloadflags`, whose bit 0 reports the 64-bit entry point.
 pub const MIN_BOOT_PROTOCOL: u16 = 0x020c;
 /// Offset of the 64-bit entry point from the start of the protected-mode kernel.
 pub const ENTRY_64_OFFSET: u64 = 0x200;
@@ -24,10 +24,10 @@ pub const SETUP_HEADER_AREA_END: usize = 0x290;
 pub const ELF_COMMAND_LINE_LIMIT: u32 = 2047;
 /// Highest initrd byte for an ELF vmlinux: the value x86-64 kernels put in `initrd_addr_max`.
 pub const ELF_INITRD_ADDR_MAX: u64 = 0x7fff_ffff;
-/// Where a protected-mode kernel loads when its header does not say otherwise.
+/// Load address of a protected-mode kernel whose header gives none above 1 MiB.
 const DEFAULT_LOAD_ADDRESS: u64 = 0x10_0000;
 
-/// Which kind of kernel file was given.
+/// Format of the kernel file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KernelFormat {
     /// A bzImage with this boot protocol version.
@@ -42,7 +42,7 @@ pub enum KernelFormat {
 /// Bytes of the kernel file placed at one guest physical address.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KernelPiece<'a> {
-    /// Where the bytes go.
+    /// Guest physical address of the bytes.
     pub gpa: u64,
     /// The bytes.
     pub data: &'a [u8],
@@ -65,7 +65,7 @@ pub struct KernelImage<'a> {
     pub end: u64,
     /// The setup header to copy into `boot_params` at 0x1f1 (bzImage only).
     pub setup_header: Option<&'a [u8]>,
-    /// Where the protected-mode kernel is loaded (bzImage only), for `code32_start`.
+    /// Load address of the protected-mode kernel (bzImage only), for `code32_start`.
     pub load_address: u64,
     /// Most command-line characters the kernel accepts.
     pub command_line_limit: u32,
@@ -118,12 +118,13 @@ fn read_bzimage(bytes: &[u8]) -> Result<KernelImage<'_>, LinuxPackError> {
     // The jump at 0x200 skips the header: its offset byte gives the header's end.
     let header_end = (JUMP + 2 + usize::from(bytes.get(JUMP + 1).copied().unwrap_or(0)))
         .min(SETUP_HEADER_AREA_END);
-    let setup_header = bytes
-        .get(SETUP_HEADER..header_end)
-        .ok_or(LinuxPackError::TruncatedKernel {
-            size: bytes.len(),
-            needed: header_end,
-        })?;
+    let setup_header =
+        bytes
+            .get(SETUP_HEADER..header_end)
+            .ok_or(LinuxPackError::TruncatedKernel {
+                size: bytes.len(),
+                needed: header_end,
+            })?;
 
     let relocatable = bytes.get(RELOCATABLE_KERNEL).copied().unwrap_or(0) != 0;
     let alignment = u64::from(get_u32(bytes, KERNEL_ALIGNMENT)).max(PAGE_SIZE);
@@ -131,8 +132,8 @@ fn read_bzimage(bytes: &[u8]) -> Result<KernelImage<'_>, LinuxPackError> {
     let init_size = u64::from(get_u32(bytes, INIT_SIZE));
     let code32_start = u64::from(get_u32(bytes, CODE32_START));
 
-    // A relocatable kernel goes to its preferred address, as GRUB loads it, so that the load
-    // address and the runtime start coincide. Otherwise it goes where code32_start says.
+    // A relocatable kernel goes to its preferred address, so that the load address and the
+    // runtime start coincide. Otherwise it goes to code32_start.
     let load_address = if relocatable && pref_address >= KERNEL_MIN_GPA {
         pref_address
     } else if code32_start >= KERNEL_MIN_GPA {
@@ -143,8 +144,8 @@ fn read_bzimage(bytes: &[u8]) -> Result<KernelImage<'_>, LinuxPackError> {
     if !alignment.is_power_of_two() {
         return Err(LinuxPackError::InvalidKernelAlignment { alignment });
     }
-    // Runtime start as boot.rst defines it; the x86-64 decompressor also never runs below
-    // LOAD_PHYSICAL_ADDR, which pref_address reports, so take the higher of the two.
+    // Runtime start as boot.rst defines it, raised to pref_address, so that the range also
+    // covers a decompressor that does not run below its preferred address.
     let runtime_start = if relocatable {
         align_up(load_address, alignment)
             .ok_or(LinuxPackError::KernelTooHigh { end: load_address })?
@@ -186,9 +187,7 @@ fn read_elf(bytes: &[u8]) -> Result<KernelImage<'_>, LinuxPackError> {
             continue;
         }
         if segment.paddr < KERNEL_MIN_GPA {
-            return Err(LinuxPackError::KernelBelowOneMiB {
-                gpa: segment.paddr,
-            });
+            return Err(LinuxPackError::KernelBelowOneMiB { gpa: segment.paddr });
         }
         let segment_end = segment
             .paddr

@@ -30,7 +30,7 @@ pub const PAGE_SIZE: u64 = 0x1000;
 pub const SHIM_REGION_START: u64 = 0x8000;
 /// GPA of the GDT the shim runs on and hands to the kernel.
 pub const GDT_GPA: u64 = 0x8000;
-/// GPA of the page that tells the shim what the packer decided (`super::config`).
+/// GPA of the shim's configuration page (`super::config`).
 pub const CONFIG_GPA: u64 = 0x9000;
 /// GPA of `struct boot_params`, passed to the kernel in RSI.
 pub const ZERO_PAGE_GPA: u64 = 0xA000;

@@ -6,9 +6,9 @@
 //! host serves through fw_cfg, then jumps to the kernel's 64-bit entry point. [`layout`] lists
 //! where everything goes.
 //!
-//! The packer fills what it knows in advance: the zero-page template with the bzImage setup
-//! header and the initrd address, the default command line, the GDT and page tables, and the
-//! shim's configuration. [`zero_page`], [`table_loader`], [`config`], [`layout`] and
+//! The packer fills everything that is fixed before launch: the zero-page template with the
+//! bzImage setup header and the initrd address, the default command line, the GDT and page
+//! tables, and the shim's configuration. [`zero_page`], [`table_loader`], [`config`], [`layout`] and
 //! [`shim_error`] are compiled into the shim as well, so the tests here check the code that runs
 //! in the guest.
 //!
@@ -73,7 +73,7 @@ mod cpu {
     pub const DATA_DESCRIPTOR: u64 = 0x00cf_9300_0000_ffff;
 }
 
-/// What `igvmm pack --kernel` was given.
+/// Inputs of `igvmm pack --kernel`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KernelPackOptions {
     /// The kernel file: a bzImage or an ELF vmlinux.
@@ -84,7 +84,7 @@ pub struct KernelPackOptions {
     pub command_line: String,
 }
 
-/// Where `pack_kernel` placed things, for messages and tests.
+/// Placement of the kernel and initrd by `pack_kernel`, for messages and tests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KernelLayout {
     /// bzImage or ELF.
@@ -106,7 +106,7 @@ pub struct KernelLayout {
 pub struct PackedKernel {
     /// The IGVM file.
     pub igvm: Vec<u8>,
-    /// Where the kernel and initrd go.
+    /// Placement of the kernel and initrd.
     pub layout: KernelLayout,
 }
 
@@ -119,9 +119,10 @@ pub fn pack_kernel(options: &KernelPackOptions) -> Result<Vec<u8>, LinuxPackErro
 pub fn pack_kernel_with_layout(
     options: &KernelPackOptions,
 ) -> Result<PackedKernel, LinuxPackError> {
-    let (shim, shim_entry) = shim_image::SHIM.map_err(|reason| LinuxPackError::ShimUnavailable {
-        reason: reason.to_string(),
-    })?;
+    let (shim, shim_entry) =
+        shim_image::SHIM.map_err(|reason| LinuxPackError::ShimUnavailable {
+            reason: reason.to_string(),
+        })?;
     let kernel = read_kernel(&options.kernel)?;
     let command_line_limit = kernel
         .command_line_limit
@@ -214,7 +215,7 @@ fn place_initrd(kernel: &KernelImage<'_>, size: u64) -> Result<(u64, u64), Linux
 }
 
 /// Returns the kernel's file bytes as one buffer from its first page on, with its pieces at
-/// their offsets; the gaps and the last page's tail are zeros.
+/// their offsets. The gaps and the last page's tail are zeros.
 fn flatten_kernel(kernel: &KernelImage<'_>) -> (u64, Vec<u8>) {
     let start = kernel
         .pieces
@@ -239,19 +240,27 @@ fn flatten_kernel(kernel: &KernelImage<'_>) -> (u64, Vec<u8>) {
     (start, image)
 }
 
-/// Returns `boot_params` as the packer knows it: the bzImage's setup header (or the magic
+/// Returns `boot_params` as filled at pack time: the bzImage's setup header (or the magic
 /// numbers an ELF kernel expects), the loader type, `code32_start` and the initrd.
 pub fn zero_page_template(kernel: &KernelImage<'_>, initrd: Option<(u64, u64)>) -> Vec<u8> {
     let mut page = vec![0u8; ZERO_PAGE_SIZE];
     match kernel.setup_header {
         Some(header) => {
             put(&mut page, SETUP_HEADER, header);
-            put(&mut page, CODE32_START, &(kernel.load_address as u32).to_le_bytes());
+            put(
+                &mut page,
+                CODE32_START,
+                &(kernel.load_address as u32).to_le_bytes(),
+            );
         }
         None => {
             put(&mut page, BOOT_FLAG, &BOOT_FLAG_MAGIC.to_le_bytes());
             put(&mut page, HEADER, &HEADER_MAGIC.to_le_bytes());
-            put(&mut page, CMDLINE_SIZE, &kernel.command_line_limit.to_le_bytes());
+            put(
+                &mut page,
+                CMDLINE_SIZE,
+                &kernel.command_line_limit.to_le_bytes(),
+            );
         }
     }
     put(&mut page, TYPE_OF_LOADER, &[LOADER_TYPE_UNDEFINED]);
@@ -281,11 +290,19 @@ fn identity_page_tables() -> Vec<u8> {
     put(&mut tables, 0, &(pdpt | PRESENT_WRITABLE).to_le_bytes());
     for gib in 0..4u64 {
         let entry = (first_directory + gib * PAGE_SIZE) | PRESENT_WRITABLE;
-        put(&mut tables, (PAGE_SIZE + gib * 8) as usize, &entry.to_le_bytes());
+        put(
+            &mut tables,
+            (PAGE_SIZE + gib * 8) as usize,
+            &entry.to_le_bytes(),
+        );
     }
     for index in 0..4 * 512u64 {
         let entry = (index << 21) | PRESENT_WRITABLE | LARGE_PAGE;
-        put(&mut tables, (2 * PAGE_SIZE + index * 8) as usize, &entry.to_le_bytes());
+        put(
+            &mut tables,
+            (2 * PAGE_SIZE + index * 8) as usize,
+            &entry.to_le_bytes(),
+        );
     }
     tables
 }

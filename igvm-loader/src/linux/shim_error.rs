@@ -1,12 +1,135 @@
-//! Why the boot shim could not start the kernel.
+//! Errors that stop the boot shim before it starts the kernel.
 //!
-//! The shim prints one of these on COM1 as a single line and stops the VM. The type is shared
-//! with igvm-loader so that host tests can check the same values, and it implements
-//! `core::fmt::Display` by hand because the freestanding shim has no `std` and no `thiserror`.
+//! The shim prints one of these on COM1 as a single line and stops the VM. The types are
+//! shared with igvm-loader so that host tests check the same values and the same text.
+//!
+//! Messages are written through [`MessageSink`] rather than `core::fmt`, because the shim must
+//! not run `core::fmt`: the precompiled `core` uses SSE instructions there, which some KVM
+//! hosts cannot emulate (see the shim's build flags in `build.rs`). On the host, `Display`
+//! produces the same text through [`FormatterSink`].
 
 use core::fmt;
 
-/// Longest fw_cfg file name, without its NUL (QEMU's `FW_CFG_MAX_FILE_PATH` minus one).
+/// Receives the pieces of a message.
+pub trait MessageSink {
+    /// Appends text.
+    fn text(&mut self, text: &str);
+    /// Appends `value` in lowercase hexadecimal with a `0x` prefix, as `{:#x}` prints it.
+    fn hex(&mut self, value: u64);
+    /// Appends `value` in decimal.
+    fn decimal(&mut self, value: u64);
+}
+
+/// Writes `value` as `0x` and lowercase hex digits into `buffer`; returns the text.
+pub fn format_hex(value: u64, buffer: &mut [u8; 18]) -> &str {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut start = buffer.len();
+    let mut rest = value;
+    loop {
+        start -= 1;
+        if let (Some(slot), Some(digit)) =
+            (buffer.get_mut(start), DIGITS.get((rest & 0xf) as usize))
+        {
+            *slot = *digit;
+        }
+        rest >>= 4;
+        if rest == 0 {
+            break;
+        }
+    }
+    start -= 2;
+    if let Some(prefix) = buffer.get_mut(start..start + 2) {
+        prefix.copy_from_slice(b"0x");
+    }
+    buffer
+        .get(start..)
+        .and_then(|text| core::str::from_utf8(text).ok())
+        .unwrap_or("")
+}
+
+/// Writes `value` in decimal into `buffer`; returns the text.
+pub fn format_decimal(value: u64, buffer: &mut [u8; 20]) -> &str {
+    let mut start = buffer.len();
+    let mut rest = value;
+    loop {
+        start -= 1;
+        if let Some(slot) = buffer.get_mut(start) {
+            *slot = b'0' + (rest % 10) as u8;
+        }
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    buffer
+        .get(start..)
+        .and_then(|text| core::str::from_utf8(text).ok())
+        .unwrap_or("")
+}
+
+/// A [`MessageSink`] that hands every byte of the message to a function, such as a port write.
+pub struct ByteSink<F: FnMut(u8)>(pub F);
+
+impl<F: FnMut(u8)> MessageSink for ByteSink<F> {
+    fn text(&mut self, text: &str) {
+        for byte in text.bytes() {
+            (self.0)(byte);
+        }
+    }
+
+    fn hex(&mut self, value: u64) {
+        let mut buffer = [0u8; 18];
+        let text = format_hex(value, &mut buffer);
+        self.text(text);
+    }
+
+    fn decimal(&mut self, value: u64) {
+        let mut buffer = [0u8; 20];
+        let text = format_decimal(value, &mut buffer);
+        self.text(text);
+    }
+}
+
+/// A [`MessageSink`] over a `core::fmt::Formatter`, for `Display` on the host. It keeps the
+/// first error and writes nothing after it.
+pub struct FormatterSink<'a, 'b> {
+    formatter: &'a mut fmt::Formatter<'b>,
+    /// The result of the writes so far.
+    pub result: fmt::Result,
+}
+
+impl<'a, 'b> FormatterSink<'a, 'b> {
+    /// Returns a sink writing to `formatter`.
+    pub fn new(formatter: &'a mut fmt::Formatter<'b>) -> Self {
+        Self {
+            formatter,
+            result: Ok(()),
+        }
+    }
+}
+
+impl MessageSink for FormatterSink<'_, '_> {
+    fn text(&mut self, text: &str) {
+        if self.result.is_ok() {
+            self.result = self.formatter.write_str(text);
+        }
+    }
+
+    fn hex(&mut self, value: u64) {
+        if self.result.is_ok() {
+            self.result = write!(self.formatter, "{value:#x}");
+        }
+    }
+
+    fn decimal(&mut self, value: u64) {
+        if self.result.is_ok() {
+            self.result = write!(self.formatter, "{value}");
+        }
+    }
+}
+
+/// Maximum length of a fw_cfg file name, without its NUL (QEMU's `FW_CFG_MAX_FILE_PATH`
+/// minus one).
 pub const FILE_NAME_MAX: usize = 55;
 
 /// A fw_cfg file name as it appears in a table-loader command.
@@ -20,7 +143,10 @@ impl FileName {
     /// Returns the name that `field` holds up to its first NUL, or `None` when the name is
     /// empty or longer than [`FILE_NAME_MAX`].
     pub fn from_field(field: &[u8]) -> Option<Self> {
-        let len = field.iter().position(|byte| *byte == 0).unwrap_or(field.len());
+        let len = field
+            .iter()
+            .position(|byte| *byte == 0)
+            .unwrap_or(field.len());
         if len == 0 || len > FILE_NAME_MAX {
             return None;
         }
@@ -35,23 +161,28 @@ impl FileName {
     }
 }
 
-impl fmt::Display for FileName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl FileName {
+    /// Writes the name in double quotes, with `?` in place of bytes that are not printable
+    /// ASCII.
+    pub fn describe(&self, out: &mut dyn MessageSink) {
+        out.text("\"");
         for byte in self.as_bytes() {
-            let shown = if byte.is_ascii_graphic() || *byte == b' ' {
-                char::from(*byte)
-            } else {
-                '?'
+            let printable = [*byte];
+            let shown = match core::str::from_utf8(&printable) {
+                Ok(text) if byte.is_ascii_graphic() || *byte == b' ' => text,
+                _ => "?",
             };
-            fmt::Write::write_char(f, shown)?;
+            out.text(shown);
         }
-        Ok(())
+        out.text("\"");
     }
 }
 
 impl fmt::Debug for FileName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "\"{self}\"")
+        let mut sink = FormatterSink::new(f);
+        self.describe(&mut sink);
+        sink.result
     }
 }
 
@@ -70,7 +201,7 @@ pub enum LoaderError {
         /// The file.
         name: FileName,
     },
-    /// ALLOCATE asks for an alignment that is not a power of two.
+    /// ALLOCATE requests an alignment that is not a power of two.
     InvalidAlignment {
         /// The file.
         name: FileName,
@@ -134,63 +265,107 @@ pub enum LoaderError {
     },
 }
 
-impl fmt::Display for LoaderError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl LoaderError {
+    /// Writes the one-line description.
+    pub fn describe(&self, out: &mut dyn MessageSink) {
         match self {
             LoaderError::InvalidFileName => {
-                f.write_str("file name is empty or not NUL-terminated within 56 bytes")
+                out.text("file name is empty or not NUL-terminated within 56 bytes")
             }
-            LoaderError::FileNotFound { name } => write!(f, "fw_cfg has no file {name:?}"),
-            LoaderError::AlreadyAllocated { name } => write!(f, "{name:?} is already allocated"),
+            LoaderError::FileNotFound { name } => {
+                out.text("fw_cfg has no file ");
+                name.describe(out);
+            }
+            LoaderError::AlreadyAllocated { name } => {
+                name.describe(out);
+                out.text(" is already allocated");
+            }
             LoaderError::InvalidAlignment { name, align } => {
-                write!(f, "alignment {align:#x} of {name:?} is not a power of two")
+                out.text("alignment ");
+                out.hex(u64::from(*align));
+                out.text(" of ");
+                name.describe(out);
+                out.text(" is not a power of two");
             }
             LoaderError::InvalidZone { name, zone } => {
-                write!(f, "zone {zone} of {name:?} is neither HIGH (1) nor FSEG (2)")
+                out.text("zone ");
+                out.decimal(u64::from(*zone));
+                out.text(" of ");
+                name.describe(out);
+                out.text(" is neither HIGH (1) nor FSEG (2)");
             }
             LoaderError::ZoneFull {
                 name,
                 size,
                 available,
-            } => write!(
-                f,
-                "{name:?} is {size} bytes but its zone has {available} bytes left"
-            ),
-            LoaderError::TooManyFiles { limit } => {
-                write!(f, "more than {limit} files are allocated")
+            } => {
+                name.describe(out);
+                out.text(" is ");
+                out.decimal(u64::from(*size));
+                out.text(" bytes but its zone has ");
+                out.decimal(*available);
+                out.text(" bytes left");
             }
-            LoaderError::NotAllocated { name } => write!(f, "{name:?} was never allocated"),
+            LoaderError::TooManyFiles { limit } => {
+                out.text("more than ");
+                out.decimal(*limit as u64);
+                out.text(" files are allocated");
+            }
+            LoaderError::NotAllocated { name } => {
+                name.describe(out);
+                out.text(" was never allocated");
+            }
             LoaderError::InvalidPointerSize { size } => {
-                write!(f, "pointer size {size} is not 1, 2, 4 or 8")
+                out.text("pointer size ");
+                out.decimal(u64::from(*size));
+                out.text(" is not 1, 2, 4 or 8");
             }
             LoaderError::OutOfFile {
                 name,
                 offset,
                 length,
                 file_size,
-            } => write!(
-                f,
-                "{length} bytes at offset {offset:#x} lie outside {name:?} ({file_size} bytes)"
-            ),
-            LoaderError::PointerOutOfRange { source, value } => write!(
-                f,
-                "pointer value {value:#x} does not point into {source:?} or its result overflows"
-            ),
+            } => {
+                out.decimal(*length);
+                out.text(" bytes at offset ");
+                out.hex(*offset);
+                out.text(" lie outside ");
+                name.describe(out);
+                out.text(" (");
+                out.decimal(*file_size as u64);
+                out.text(" bytes)");
+            }
+            LoaderError::PointerOutOfRange { source, value } => {
+                out.text("pointer value ");
+                out.hex(*value);
+                out.text(" does not point into ");
+                source.describe(out);
+                out.text(" or its result overflows");
+            }
             LoaderError::ReadFailed { name } => {
-                write!(f, "fw_cfg reported an error reading {name:?}")
+                out.text("fw_cfg reported an error reading ");
+                name.describe(out);
             }
         }
     }
 }
 
+impl fmt::Display for LoaderError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut sink = FormatterSink::new(f);
+        self.describe(&mut sink);
+        sink.result
+    }
+}
+
 impl core::error::Error for LoaderError {}
 
-/// Why the shim stopped instead of starting the kernel.
+/// An error that stops the shim before it starts the kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ShimError {
     /// The configuration page has no magic: the file was not written by `pack_kernel`.
     ConfigMissing {
-        /// Where the page was expected.
+        /// GPA of the expected page.
         gpa: u64,
     },
     /// The IGVM memory map parameter has no entry.
@@ -219,7 +394,7 @@ pub enum ShimError {
         /// Characters the kernel accepts (`cmdline_size`).
         limit: u32,
     },
-    /// No fw_cfg device answers at the I/O ports.
+    /// The fw_cfg signature item does not read "QEMU": no device is at the I/O ports.
     FwCfgMissing {
         /// The selector port.
         port: u16,
@@ -247,7 +422,7 @@ pub enum ShimError {
     TableLoader {
         /// Zero-based index of the 128-byte command in `etc/table-loader`.
         command: usize,
-        /// What went wrong.
+        /// The failure.
         error: LoaderError,
     },
     /// The table loader left no RSDP: `etc/acpi/rsdp` was never allocated, or it does not start
@@ -255,49 +430,79 @@ pub enum ShimError {
     RsdpMissing,
 }
 
-impl fmt::Display for ShimError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl ShimError {
+    /// Writes the one-line description.
+    pub fn describe(&self, out: &mut dyn MessageSink) {
         match self {
-            ShimError::ConfigMissing { gpa } => write!(
-                f,
-                "no shim configuration at {gpa:#x}; the IGVM file was not written by igvmm pack --kernel"
-            ),
-            ShimError::MemoryMapEmpty => f.write_str("the IGVM memory map parameter is empty"),
-            ShimError::TooManyE820Entries { limit } => write!(
-                f,
-                "the memory map needs more than {limit} e820 entries"
-            ),
-            ShimError::ReservedRangeNotRam { start, end } => write!(
-                f,
-                "range {start:#x}..{end:#x} that the shim needs is not RAM in the IGVM memory map"
-            ),
-            ShimError::CommandLineUnterminated { size } => write!(
-                f,
-                "the IGVM command line parameter has no NUL within its {size} bytes"
-            ),
-            ShimError::CommandLineTooLong { length, limit } => write!(
-                f,
-                "the command line is {length} characters but the kernel accepts at most {limit}"
-            ),
-            ShimError::FwCfgMissing { port } => write!(
-                f,
-                "no fw_cfg device answers at port {port:#x}; the ACPI tables come from fw_cfg"
-            ),
-            ShimError::FwCfgFileMissing { name } => write!(f, "fw_cfg has no file {name:?}"),
-            ShimError::FwCfgFileTooLarge { name, size, limit } => write!(
-                f,
-                "fw_cfg file {name:?} is {size} bytes, more than the {limit} bytes the shim reserves"
-            ),
+            ShimError::ConfigMissing { gpa } => {
+                out.text("no shim configuration at ");
+                out.hex(*gpa);
+                out.text("; the IGVM file was not written by igvmm pack --kernel");
+            }
+            ShimError::MemoryMapEmpty => out.text("the IGVM memory map parameter is empty"),
+            ShimError::TooManyE820Entries { limit } => {
+                out.text("the memory map needs more than ");
+                out.decimal(*limit as u64);
+                out.text(" e820 entries");
+            }
+            ShimError::ReservedRangeNotRam { start, end } => {
+                out.text("range ");
+                out.hex(*start);
+                out.text("..");
+                out.hex(*end);
+                out.text(" that the shim needs is not RAM in the IGVM memory map");
+            }
+            ShimError::CommandLineUnterminated { size } => {
+                out.text("the IGVM command line parameter has no NUL within its ");
+                out.decimal(*size as u64);
+                out.text(" bytes");
+            }
+            ShimError::CommandLineTooLong { length, limit } => {
+                out.text("the command line is ");
+                out.decimal(*length as u64);
+                out.text(" characters but the kernel accepts at most ");
+                out.decimal(u64::from(*limit));
+            }
+            ShimError::FwCfgMissing { port } => {
+                out.text("no fw_cfg device answers at port ");
+                out.hex(u64::from(*port));
+                out.text("; the ACPI tables come from fw_cfg");
+            }
+            ShimError::FwCfgFileMissing { name } => {
+                out.text("fw_cfg has no file ");
+                name.describe(out);
+            }
+            ShimError::FwCfgFileTooLarge { name, size, limit } => {
+                out.text("fw_cfg file ");
+                name.describe(out);
+                out.text(" is ");
+                out.decimal(u64::from(*size));
+                out.text(" bytes, more than the ");
+                out.decimal(*limit);
+                out.text(" bytes the shim reserves");
+            }
             ShimError::FwCfgReadFailed { name } => {
-                write!(f, "fw_cfg reported an error reading {name:?}")
+                out.text("fw_cfg reported an error reading ");
+                name.describe(out);
             }
             ShimError::TableLoader { command, error } => {
-                write!(f, "etc/table-loader command {command}: {error}")
+                out.text("etc/table-loader command ");
+                out.decimal(*command as u64);
+                out.text(": ");
+                error.describe(out);
             }
-            ShimError::RsdpMissing => f.write_str(
+            ShimError::RsdpMissing => out.text(
                 "the ACPI table loader produced no RSDP (etc/acpi/rsdp starting with \"RSD PTR \")",
             ),
         }
+    }
+}
+
+impl fmt::Display for ShimError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut sink = FormatterSink::new(f);
+        self.describe(&mut sink);
+        sink.result
     }
 }
 

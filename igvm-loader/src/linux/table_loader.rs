@@ -9,12 +9,12 @@
 //!   `src` was loaded to the `size`-byte integer at `offset` in `dest`.
 //! - ADD_CHECKSUM (3): `char file[56]; u32 offset; u32 start; u32 length` subtracts the byte
 //!   sum of `start..start + length` from the byte at `offset`, so the range sums to zero.
-//! - WRITE_POINTER (4) asks the firmware to write an address back into a fw_cfg file, which
-//!   QEMU uses for vmgenid and GHES. igvmm offers neither, so the interpreter skips it, as it
-//!   skips command 0 (padding) and unknown commands, the way SeaBIOS and OVMF do.
+//! - WRITE_POINTER (4) requests that the firmware write an address back into a fw_cfg file,
+//!   which QEMU uses for vmgenid and GHES. igvmm offers neither, so the interpreter skips it.
+//!   It also skips command 0 (padding) and unknown commands.
 //!
-//! Checks follow OVMF's loader (OvmfPkg/AcpiPlatformDxe/QemuFwCfgAcpi.c): a pointer must point
-//! into its source file before relocation and the relocated value must fit in the pointer.
+//! Beyond the bounds of each file, the interpreter checks that a pointer points into its source
+//! file before relocation and that the relocated value fits in the pointer.
 //!
 //! The module uses only `core` and no allocation, because the freestanding boot shim runs it;
 //! the host tests run it on files in memory.
@@ -54,13 +54,13 @@ const CHECKSUM_LENGTH_OFFSET: usize = 68;
 /// A file the [`FileSource`] found: a handle and the file size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FileRef {
-    /// What the source needs to read the file again (the fw_cfg selector in the shim).
+    /// Handle for reading the file again (the fw_cfg selector in the shim).
     pub key: u16,
     /// File size in bytes.
     pub size: u32,
 }
 
-/// Where ALLOCATE gets file contents: fw_cfg in the shim, a list of files in the tests.
+/// Source of the files that ALLOCATE loads: fw_cfg in the shim, a list of files in the tests.
 pub trait FileSource {
     /// Looks a file up by name (without NUL).
     fn find(&mut self, name: &[u8]) -> Option<FileRef>;
@@ -90,7 +90,7 @@ impl<'m> Zone<'m> {
     }
 }
 
-/// Where one file went.
+/// Placement of one loaded file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Allocation {
     /// The fw_cfg file name.
@@ -339,14 +339,18 @@ impl Interpreter<'_, '_, '_> {
     }
 }
 
-/// Name of the fw_cfg file that holds the RSDP.
+/// Name of the fw_cfg file that contains the RSDP.
 pub const RSDP_FILE: &[u8] = b"etc/acpi/rsdp";
 /// The RSDP signature.
 pub const RSDP_SIGNATURE: &[u8; 8] = b"RSD PTR ";
 
 /// Returns the address of the RSDP that `placement` loaded: the file `etc/acpi/rsdp`, which
 /// must start with "RSD PTR ".
-pub fn find_rsdp(placement: &Placement, high: &Zone<'_>, fseg: &Zone<'_>) -> Result<u64, ShimError> {
+pub fn find_rsdp(
+    placement: &Placement,
+    high: &Zone<'_>,
+    fseg: &Zone<'_>,
+) -> Result<u64, ShimError> {
     let allocation = placement.find(RSDP_FILE).ok_or(ShimError::RsdpMissing)?;
     let zone = if allocation.zone == 0 { high } else { fseg };
     let signature = allocation

@@ -1,11 +1,11 @@
 //! Linux's `struct boot_params` (the "zero page"): field offsets, the e820 table built from the
 //! IGVM memory map, and the command-line choice.
 //!
-//! Offsets follow Linux's Documentation/arch/x86/zero-page.rst and boot.rst; the setup header
-//! occupies 0x1f1 up to `0x202 + byte at 0x201`. The packer fills the fields it knows (setup
-//! header, initrd); the shim fills what only the launch knows (e820, command line, RSDP). The
-//! file uses only `core`, because the freestanding shim compiles it too, and every access goes
-//! through bounds-checked helpers, so a short slice never panics.
+//! Offsets follow Linux's Documentation/arch/x86/zero-page.rst and boot.rst. The setup header
+//! occupies 0x1f1 up to `0x202 + byte at 0x201`. The packer fills the fields fixed at pack time
+//! (setup header, initrd), and the shim fills those known only at launch (e820, command line,
+//! RSDP). The file uses only `core`, because the freestanding shim compiles it too. Every access
+//! goes through bounds-checked helpers, so a short slice never panics.
 
 use super::layout;
 use super::shim_error::ShimError;
@@ -163,12 +163,12 @@ pub struct ReservedRange {
     pub start: u64,
     /// First byte after the range.
     pub end: u64,
-    /// The e820 type the kernel sees for it.
+    /// The e820 type reported to the kernel.
     pub e820_type: u32,
 }
 
 /// The ranges the shim takes out of RAM, sorted by address: its own pages, the ACPI tables of
-/// the HIGH zone, and the legacy VGA and BIOS area that holds the RSDP.
+/// the HIGH zone, and the legacy VGA and BIOS area that contains the RSDP.
 pub const SHIM_RESERVED_RANGES: [ReservedRange; 3] = [
     ReservedRange {
         start: layout::SHIM_REGION_START,
@@ -314,7 +314,7 @@ pub fn write_e820(
     Ok(count)
 }
 
-/// Which command line the kernel gets.
+/// The command line chosen for the kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CommandLineChoice {
     /// The IGVM CommandLine parameter, which `igvmm run --cmdline` fills; this many characters.

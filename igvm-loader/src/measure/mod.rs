@@ -26,7 +26,10 @@ pub use snp::{SnpLaunchDigest, SnpPageType, DIGEST_LEN};
 pub use tdx::MrtdHasher;
 pub use vmsa::{KvmSnpVcpuState, VmsaError, KVM_VMSA_GPA};
 
-/// How the SEV-SNP model places the VMSAs.
+/// Most vCPUs a model accepts: IGVM VP indices are 16-bit.
+pub const MAX_VCPUS: u32 = 1 << 16;
+
+/// The placement of VMSAs in the SEV-SNP model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SnpMode {
     /// The digest of a KVM launch by igvmm: every page in plan order, then one VMSA per vCPU at
@@ -55,7 +58,7 @@ pub enum MeasureNote {
         /// Number of launch operations that follow it in the file.
         operations_after: usize,
     },
-    /// KVM writes a different value into this VMSA field than the file holds.
+    /// KVM writes a different value into this VMSA field than the file contains.
     VmsaAdjusted {
         /// VP index of the context.
         vp_index: u16,
@@ -152,6 +155,12 @@ pub enum MeasureError {
     /// A KVM launch needs at least one vCPU.
     #[error("a KVM launch needs at least one vCPU")]
     NoVcpus,
+    /// More vCPUs than IGVM VP indices can name.
+    #[error("{vcpus} vCPUs requested; IGVM VP indices allow at most {MAX_VCPUS}")]
+    TooManyVcpus {
+        /// The requested count.
+        vcpus: u32,
+    },
     /// A VMSA cannot be produced by KVM.
     #[error("SnpVpContext header {header_index} (vp {vp_index}): {error}")]
     Vmsa {
@@ -159,7 +168,7 @@ pub enum MeasureError {
         vp_index: u16,
         /// Directive index of the header.
         header_index: usize,
-        /// What is wrong with it.
+        /// The problem.
         error: VmsaError,
     },
     /// The file has a VP context for a vCPU the launch does not create.
@@ -193,7 +202,9 @@ pub enum MeasureError {
         found: u64,
     },
     /// A VP context of the wrong kind for the platform.
-    #[error("header {header_index}: a native VP context for vp {vp_index} cannot start an SEV-SNP vCPU")]
+    #[error(
+        "header {header_index}: a native VP context for vp {vp_index} cannot start an SEV-SNP vCPU"
+    )]
     NativeContextOnSnp {
         /// VP index of the context.
         vp_index: u16,
@@ -247,6 +258,9 @@ pub fn snp_vcpu_states(
     if vcpus == 0 {
         return Err(MeasureError::NoVcpus);
     }
+    if vcpus > MAX_VCPUS {
+        return Err(MeasureError::TooManyVcpus { vcpus });
+    }
     let mut from_file: Vec<Option<KvmSnpVcpuState>> = vec![None; vcpus as usize];
     for context in &plan.vp_contexts {
         let (gpa, vmsa) = match &context.state {
@@ -258,12 +272,12 @@ pub fn snp_vcpu_states(
                 })
             }
         };
-        let slot = from_file
-            .get_mut(usize::from(context.vp_index))
-            .ok_or(MeasureError::VpBeyondVcpus {
+        let slot = from_file.get_mut(usize::from(context.vp_index)).ok_or(
+            MeasureError::VpBeyondVcpus {
                 vp_index: context.vp_index,
                 vcpus,
-            })?;
+            },
+        )?;
         if slot.is_some() {
             return Err(MeasureError::DuplicateVp {
                 vp_index: context.vp_index,
@@ -319,8 +333,10 @@ pub fn measure_snp(plan: &Plan, mode: SnpMode) -> Result<Measurement, MeasureErr
         SnpMode::KvmLaunch { vcpus, cpuid_1_eax } => {
             let states = snp_vcpu_states(plan, vcpus, cpuid_1_eax)?;
             collect_kvm_notes(plan, &states, cpuid_1_eax, &mut notes);
+            let digests = normal_page_digests(&plan.operations);
+            let mut next_digest = digests.iter();
             for op in &plan.operations {
-                measure_snp_operation(&mut chain, op);
+                measure_snp_operation(&mut chain, op, &mut next_digest);
             }
             for state in &states {
                 let vmsa = state.to_kvm_vmsa();
@@ -336,11 +352,13 @@ pub fn measure_snp(plan: &Plan, mode: SnpMode) -> Result<Measurement, MeasureErr
             let mut contexts: Vec<&VpContext> = plan.vp_contexts.iter().collect();
             contexts.sort_by_key(|context| context.ops_before);
             let mut pending = contexts.into_iter().peekable();
+            let digests = normal_page_digests(&plan.operations);
+            let mut next_digest = digests.iter();
             for (index, op) in plan.operations.iter().enumerate() {
                 while let Some(context) = pending.next_if(|context| context.ops_before <= index) {
                     vmsas += measure_file_vmsa(&mut chain, context);
                 }
-                measure_snp_operation(&mut chain, op);
+                measure_snp_operation(&mut chain, op, &mut next_digest);
             }
             for context in pending {
                 vmsas += measure_file_vmsa(&mut chain, context);
@@ -359,13 +377,50 @@ pub fn measure_snp(plan: &Plan, mode: SnpMode) -> Result<Measurement, MeasureErr
     })
 }
 
-/// Chains every 4 KiB page of one operation.
-fn measure_snp_operation(chain: &mut SnpLaunchDigest, op: &LaunchOp) {
+/// Below this many NORMAL pages the contents are hashed on the calling thread.
+const PARALLEL_MIN_PAGES: usize = 1024;
+/// Most threads used for hashing page contents.
+const MAX_HASH_THREADS: usize = 8;
+
+/// Returns the contents digest of every NORMAL page of `operations`, in plan order. Large plans
+/// are hashed on several threads; the chain itself stays sequential.
+fn normal_page_digests(operations: &[LaunchOp]) -> Vec<[u8; DIGEST_LEN]> {
+    let mut pages: Vec<Option<&[u8]>> = Vec::new();
+    for op in operations {
+        if snp_page_type(op.kind) == Some(SnpPageType::Normal) {
+            pages.extend(op.pages_4k().map(|page| page.bytes));
+        }
+    }
+    let threads = if pages.len() >= PARALLEL_MIN_PAGES {
+        std::thread::available_parallelism()
+            .map_or(1, usize::from)
+            .min(MAX_HASH_THREADS)
+    } else {
+        1
+    };
+    snp::page_digests(&pages, threads)
+}
+
+/// Chains every 4 KiB page of one operation; NORMAL pages take their contents digest from
+/// `digests`, which [`normal_page_digests`] filled in the same order.
+fn measure_snp_operation<'a>(
+    chain: &mut SnpLaunchDigest,
+    op: &LaunchOp,
+    digests: &mut impl Iterator<Item = &'a [u8; DIGEST_LEN]>,
+) {
     let Some(page_type) = snp_page_type(op.kind) else {
         return;
     };
     for page in op.pages_4k() {
-        chain.update_page(page_type, page.gpa, page.bytes);
+        if page_type == SnpPageType::Normal {
+            match digests.next() {
+                Some(digest) => chain.update_with_contents_digest(page_type, page.gpa, digest),
+                // Not reached: the digests were computed from the same operations.
+                None => chain.update_page(page_type, page.gpa, page.bytes),
+            }
+        } else {
+            chain.update_page(page_type, page.gpa, page.bytes);
+        }
     }
 }
 
@@ -467,11 +522,11 @@ pub fn measure_tdx(plan: &Plan) -> Result<Measurement, MeasureError> {
 
 /// Formats bytes as upper-case hexadecimal, the form attestation tools print.
 pub fn hex_upper(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789ABCDEF";
+    use std::fmt::Write;
     let mut text = String::with_capacity(bytes.len() * 2);
     for byte in bytes {
-        text.push(char::from(DIGITS[usize::from(byte >> 4)]));
-        text.push(char::from(DIGITS[usize::from(byte & 0xF)]));
+        // Writing to a String cannot fail.
+        let _ = write!(text, "{byte:02X}");
     }
     text
 }
@@ -525,7 +580,7 @@ pub fn measurement_host(parsed: &crate::ParsedFile, vp_count: u32) -> crate::hos
     }
     let end = end
         .checked_next_multiple_of(crate::plan::PAGE_SIZE_2M)
-        .unwrap_or(u64::MAX & !(crate::plan::PAGE_SIZE_2M - 1));
+        .unwrap_or(!(crate::plan::PAGE_SIZE_2M - 1));
     crate::host::HostDescription {
         memory_map: vec![crate::host::MemoryRegion {
             base: 0,

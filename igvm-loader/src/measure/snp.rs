@@ -3,7 +3,7 @@
 //! `PAGE_INFO` structure).
 //!
 //! The digest starts as 48 zero bytes. For each page the firmware hashes a 0x70-byte `PAGE_INFO`
-//! that holds the current digest, the SHA-384 of the page contents (NORMAL and VMSA pages only,
+//! that contains the current digest, the SHA-384 of the page contents (NORMAL and VMSA pages only,
 //! zeros otherwise), the page type and the GPA. The SHA-384 of that structure becomes the next
 //! digest.
 
@@ -121,7 +121,6 @@ impl SnpLaunchDigest {
     /// contents, so `contents` is ignored.
     pub fn update_page(&mut self, page_type: SnpPageType, gpa: u64, contents: Option<&[u8]>) {
         let contents_digest: [u8; DIGEST_LEN] = if page_type.measures_contents() {
-            self.bytes_hashed += PAGE_LEN as u64;
             match contents {
                 None | Some([]) => *zero_page_digest(),
                 Some(bytes) if bytes.len() >= PAGE_LEN => {
@@ -141,13 +140,17 @@ impl SnpLaunchDigest {
         self.update_with_contents_digest(page_type, gpa, &contents_digest);
     }
 
-    /// Chains one page whose contents digest the caller has already computed.
+    /// Chains one page whose contents digest the caller has already computed (with
+    /// [`page_digests`]); counts it as 4 KiB hashed when the type measures contents.
     pub fn update_with_contents_digest(
         &mut self,
         page_type: SnpPageType,
         gpa: u64,
         contents_digest: &[u8; DIGEST_LEN],
     ) {
+        if page_type.measures_contents() {
+            self.bytes_hashed += PAGE_LEN as u64;
+        }
         self.page_info[OFFSET_CONTENTS..OFFSET_CONTENTS + DIGEST_LEN]
             .copy_from_slice(contents_digest);
         self.page_info[OFFSET_PAGE_TYPE] = page_type as u8;
@@ -175,8 +178,48 @@ impl SnpLaunchDigest {
     }
 }
 
+/// Returns the SHA-384 of each page in `pages`, as [`SnpLaunchDigest::update_page`] computes it
+/// for a NORMAL page: `None` or a short slice is zero-padded to 4 KiB, bytes past 4 KiB are
+/// ignored.
+///
+/// The pages are independent, so they are hashed on up to `threads` threads; only the chain of
+/// `PAGE_INFO` hashes is sequential. The result is one allocation, whatever the page count.
+pub fn page_digests(pages: &[Option<&[u8]>], threads: usize) -> Vec<[u8; DIGEST_LEN]> {
+    let mut digests = vec![[0u8; DIGEST_LEN]; pages.len()];
+    let threads = threads.clamp(1, pages.len().max(1));
+    let chunk = pages.len().div_ceil(threads).max(1);
+    let hash_chunk = |pages: &[Option<&[u8]>], digests: &mut [[u8; DIGEST_LEN]]| {
+        let mut padded = [0u8; PAGE_LEN];
+        for (page, digest) in pages.iter().zip(digests.iter_mut()) {
+            *digest = match page {
+                None | Some([]) => *zero_page_digest(),
+                Some(bytes) if bytes.len() >= PAGE_LEN => {
+                    Sha384::digest(bytes.get(..PAGE_LEN).unwrap_or_default()).into()
+                }
+                Some(bytes) => {
+                    padded.fill(0);
+                    if let Some(prefix) = padded.get_mut(..bytes.len()) {
+                        prefix.copy_from_slice(bytes);
+                    }
+                    Sha384::digest(padded).into()
+                }
+            };
+        }
+    };
+    if threads == 1 {
+        hash_chunk(pages, &mut digests);
+        return digests;
+    }
+    std::thread::scope(|scope| {
+        for (pages, digests) in pages.chunks(chunk).zip(digests.chunks_mut(chunk)) {
+            scope.spawn(move || hash_chunk(pages, digests));
+        }
+    });
+    digests
+}
+
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
 
@@ -234,6 +277,25 @@ mod tests {
         assert_eq!(empty.digest(), zeros.digest());
         let expected: [u8; 48] = Sha384::digest([0u8; 4096]).into();
         assert_eq!(zero_page_digest(), &expected);
+    }
+
+    #[test]
+    fn parallel_page_digests_match_sequential() {
+        let data: Vec<Vec<u8>> = (0..37u8)
+            .map(|seed| vec![seed; 4096 - usize::from(seed)])
+            .collect();
+        let mut pages: Vec<Option<&[u8]>> = data.iter().map(|page| Some(page.as_slice())).collect();
+        pages.push(None);
+        let sequential = page_digests(&pages, 1);
+        assert_eq!(page_digests(&pages, 4), sequential);
+        assert_eq!(page_digests(&pages, 64), sequential);
+        let mut chain = SnpLaunchDigest::new();
+        chain.update_page(SnpPageType::Normal, 0, pages[5]);
+        let mut from_digest = SnpLaunchDigest::new();
+        from_digest.update_with_contents_digest(SnpPageType::Normal, 0, &sequential[5]);
+        assert_eq!(chain.digest(), from_digest.digest());
+        assert_eq!(sequential[37], *zero_page_digest());
+        assert!(page_digests(&[], 4).is_empty());
     }
 
     #[test]

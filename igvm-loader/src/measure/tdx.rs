@@ -22,7 +22,8 @@ pub const PAGE_ADD_RECORD_LEN: usize = 128;
 pub const MR_EXTEND_RECORD_LEN: usize = 384;
 const EXTENDS_PER_PAGE: usize = PAGE_LEN / EXTEND_CHUNK_LEN;
 /// The records of one measured page: PAGE.ADD followed by sixteen MR.EXTEND.
-const MEASURED_PAGE_RECORDS_LEN: usize = PAGE_ADD_RECORD_LEN + EXTENDS_PER_PAGE * MR_EXTEND_RECORD_LEN;
+const MEASURED_PAGE_RECORDS_LEN: usize =
+    PAGE_ADD_RECORD_LEN + EXTENDS_PER_PAGE * MR_EXTEND_RECORD_LEN;
 
 const PAGE_ADD_NAME: &[u8; 16] = b"MEM.PAGE.ADD\0\0\0\0";
 const MR_EXTEND_NAME: &[u8; 16] = b"MR.EXTEND\0\0\0\0\0\0\0";
@@ -30,6 +31,14 @@ const MR_EXTEND_NAME: &[u8; 16] = b"MR.EXTEND\0\0\0\0\0\0\0";
 const OFFSET_GPA: usize = 16;
 /// Offset of the data inside an MR.EXTEND record.
 const OFFSET_EXTEND_DATA: usize = 128;
+
+/// Copies `bytes` into `buffer` at `offset`; the callers' offsets are constants inside the
+/// record buffer, so nothing is ever cut off.
+fn write_at(buffer: &mut [u8], offset: usize, bytes: &[u8]) {
+    if let Some(target) = buffer.get_mut(offset..offset + bytes.len()) {
+        target.copy_from_slice(bytes);
+    }
+}
 
 /// The running TDX MRTD.
 ///
@@ -67,10 +76,10 @@ impl MrtdHasher {
     /// Creates the hash of an empty TD.
     pub fn new() -> Self {
         let mut records = Box::new([0u8; MEASURED_PAGE_RECORDS_LEN]);
-        records[..16].copy_from_slice(PAGE_ADD_NAME);
+        write_at(&mut records[..], 0, PAGE_ADD_NAME);
         for chunk in 0..EXTENDS_PER_PAGE {
             let start = PAGE_ADD_RECORD_LEN + chunk * MR_EXTEND_RECORD_LEN;
-            records[start..start + 16].copy_from_slice(MR_EXTEND_NAME);
+            write_at(&mut records[..], start, MR_EXTEND_NAME);
         }
         Self {
             hasher: Sha384::new(),
@@ -85,7 +94,8 @@ impl MrtdHasher {
     /// unmeasured page or a parameter area).
     pub fn add_page(&mut self, gpa: u64) {
         self.write_page_add(gpa);
-        self.hasher.update(&self.records[..PAGE_ADD_RECORD_LEN]);
+        let (page_add, _) = self.records.split_at(PAGE_ADD_RECORD_LEN);
+        self.hasher.update(page_add);
         self.page_adds += 1;
         self.bytes_hashed += PAGE_ADD_RECORD_LEN as u64;
     }
@@ -100,19 +110,24 @@ impl MrtdHasher {
             let record = PAGE_ADD_RECORD_LEN + chunk * MR_EXTEND_RECORD_LEN;
             let chunk_offset = chunk * EXTEND_CHUNK_LEN;
             let chunk_gpa = gpa.wrapping_add(chunk_offset as u64);
-            self.records[record + OFFSET_GPA..record + OFFSET_GPA + 8]
-                .copy_from_slice(&chunk_gpa.to_le_bytes());
+            write_at(
+                &mut self.records[..],
+                record + OFFSET_GPA,
+                &chunk_gpa.to_le_bytes(),
+            );
 
             let data_start = record + OFFSET_EXTEND_DATA;
-            let data = &mut self.records[data_start..data_start + EXTEND_CHUNK_LEN];
             let source = contents
                 .get(chunk_offset..)
                 .map(|rest| rest.get(..EXTEND_CHUNK_LEN).unwrap_or(rest))
                 .unwrap_or_default();
-            data.fill(0);
-            if let Some(prefix) = data.get_mut(..source.len()) {
-                prefix.copy_from_slice(source);
+            if let Some(data) = self
+                .records
+                .get_mut(data_start..data_start + EXTEND_CHUNK_LEN)
+            {
+                data.fill(0);
             }
+            write_at(&mut self.records[..], data_start, source);
         }
         self.hasher.update(&self.records[..]);
         self.page_adds += 1;
@@ -121,7 +136,7 @@ impl MrtdHasher {
     }
 
     fn write_page_add(&mut self, gpa: u64) {
-        self.records[OFFSET_GPA..OFFSET_GPA + 8].copy_from_slice(&gpa.to_le_bytes());
+        write_at(&mut self.records[..], OFFSET_GPA, &gpa.to_le_bytes());
     }
 
     /// Returns the number of `TDH.MEM.PAGE.ADD` operations recorded.
@@ -146,7 +161,7 @@ impl MrtdHasher {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
 
@@ -180,7 +195,10 @@ mod tests {
         reference.update(page_add_record(0x9000));
         for chunk in 0..16u64 {
             let start = (chunk * 256) as usize;
-            reference.update(mr_extend_record(0x9000 + chunk * 256, &page[start..start + 256]));
+            reference.update(mr_extend_record(
+                0x9000 + chunk * 256,
+                &page[start..start + 256],
+            ));
         }
         let expected: [u8; 48] = reference.finalize().into();
         assert_eq!(mrtd.digest(), expected);

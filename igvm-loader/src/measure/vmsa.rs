@@ -4,7 +4,7 @@
 //! from the registers the VMM set with `KVM_SET_REGS`, `KVM_SET_SREGS`, `KVM_SET_FPU`,
 //! `KVM_SET_XCRS`, `KVM_SET_DEBUGREGS` and `KVM_SET_MSRS` (Linux `arch/x86/kvm/svm/sev.c`,
 //! `sev_es_sync_vmsa`), places it at GPA [`KVM_VMSA_GPA`] and measures it. [`KvmSnpVcpuState`]
-//! holds exactly the registers that igvmm programs, the same set that QEMU's IGVM loader accepts
+//! contains exactly the registers that igvmm programs, the same set that QEMU's IGVM loader accepts
 //! (`target/i386/sev.c`, `check_vmsa_supported`). The SEV-SNP backend programs KVM from this
 //! struct and the measurement model hashes [`KvmSnpVcpuState::to_kvm_vmsa`], so both use the
 //! same values.
@@ -93,7 +93,7 @@ pub enum VmsaError {
         field: &'static str,
         /// Its value.
         value: u64,
-        /// What KVM requires.
+        /// KVM's requirement.
         reason: &'static str,
     },
 }
@@ -139,7 +139,7 @@ impl SegmentRegister {
 pub struct DescriptorTable {
     /// The base address.
     pub base: u64,
-    /// The limit; `struct kvm_dtable` holds 16 bits.
+    /// The limit; the field of `struct kvm_dtable` has 16 bits.
     pub limit: u16,
 }
 
@@ -246,8 +246,9 @@ macro_rules! require_zero {
 /// Returns the first (up to) 8 bytes as a little-endian number, for error messages.
 fn first_u64(bytes: &[u8]) -> u64 {
     let mut value = [0u8; 8];
-    let len = bytes.len().min(8);
-    value[..len].copy_from_slice(&bytes[..len]);
+    for (target, byte) in value.iter_mut().zip(bytes) {
+        *target = *byte;
+    }
     u64::from_le_bytes(value)
 }
 
@@ -500,7 +501,7 @@ impl KvmSnpVcpuState {
 
     /// Returns the state of a vCPU that the VMM leaves at reset, as KVM's reset code sets it up
     /// (Linux `arch/x86/kvm/svm/svm.c`, `init_vmcb`, and `kvm_vcpu_reset`): real mode at
-    /// `F000:FFF0`, and RDX holds the processor signature `cpuid_1_eax` (CPUID leaf 1, EAX, of the
+    /// `F000:FFF0`, and RDX contains the processor signature `cpuid_1_eax` (CPUID leaf 1, EAX, of the
     /// vCPU). `sev_features` is the VM's `KVM_SEV_INIT2.vmsa_features`.
     pub fn reset(cpuid_1_eax: u32, sev_features: u64) -> Self {
         let data = SegmentRegister {
@@ -634,7 +635,7 @@ impl KvmSnpVcpuState {
     }
 
     /// Lists the fields where KVM's VMSA differs from the file's VMSA `file`, as
-    /// `(field, file value, KVM value)`. An empty list means the file already holds KVM's values.
+    /// `(field, file value, KVM value)`. An empty list means the file already contains KVM's values.
     pub fn kvm_adjustments(&self, file: &SevVmsa) -> Vec<(&'static str, u64, u64)> {
         let kvm = self.to_kvm_vmsa();
         let mut changes = Vec::new();
@@ -682,7 +683,7 @@ fn descriptor_table(
     let limit = u16::try_from(selector.limit).map_err(|_| VmsaError::InvalidValue {
         field: name,
         value: u64::from(selector.limit),
-        reason: "struct kvm_dtable holds a 16-bit limit",
+        reason: "struct kvm_dtable has a 16-bit limit",
     })?;
     Ok(DescriptorTable {
         base: selector.base,
@@ -695,7 +696,10 @@ fn descriptor_table(
 mod tests {
     use super::*;
 
-    /// A 64-bit VMSA in KVM's form, like the ones COCONUT-SVSM's igvmbuilder writes.
+    /// A field name and a change that sets that field.
+    type FieldCase = (&'static str, fn(&mut SevVmsa));
+
+    /// Returns a 64-bit VMSA in KVM's form, like the ones COCONUT-SVSM's igvmbuilder writes.
     fn long_mode_vmsa() -> SevVmsa {
         let mut vmsa = SevVmsa::new_zeroed();
         let code = SevSelector {
@@ -759,7 +763,7 @@ mod tests {
 
     #[test]
     fn rejects_cr2_vmpl_and_msrs() {
-        let cases: [(&str, fn(&mut SevVmsa)); 6] = [
+        let cases: [FieldCase; 6] = [
             ("cr2", |v| v.cr2 = 0x1234),
             ("vmpl", |v| v.vmpl = 1),
             ("lstar", |v| v.lstar = 0xFFFF_8000_0000_0000),
@@ -821,10 +825,12 @@ mod tests {
 
     #[test]
     fn rejects_invalid_register_values() {
-        let cases: [(&str, fn(&mut SevVmsa)); 5] = [
+        let cases: [FieldCase; 5] = [
             ("dr6", |v| v.dr6 = 1 << 40),
             ("xcr0", |v| v.xcr0 = 0),
-            ("sev_features", |v| v.sev_features = SevFeatures::from_bits(0x3)),
+            ("sev_features", |v| {
+                v.sev_features = SevFeatures::from_bits(0x3)
+            }),
             ("cs", |v| v.cs.attrib = 0x1A9B),
             ("gdtr", |v| v.gdtr.limit = 0x1_0000),
         ];
@@ -894,7 +900,10 @@ mod tests {
         let kvm = KvmSnpVcpuState::reset(0x00A0_0F11, 0).to_kvm_vmsa();
         assert_eq!((kvm.cs.selector, kvm.cs.attrib), (0xF000, 0x9B));
         assert_eq!((kvm.cs.limit, kvm.cs.base), (0xFFFF, 0xFFFF_0000));
-        assert_eq!((kvm.ds.attrib, kvm.ldtr.attrib, kvm.tr.attrib), (0x93, 0x82, 0x8B));
+        assert_eq!(
+            (kvm.ds.attrib, kvm.ldtr.attrib, kvm.tr.attrib),
+            (0x93, 0x82, 0x8B)
+        );
         assert_eq!((kvm.gdtr.limit, kvm.idtr.limit), (0xFFFF, 0xFFFF));
         assert_eq!(kvm.efer, 0x1000);
         assert_eq!(kvm.cr0, 0x10);

@@ -28,12 +28,6 @@ struct AreaState {
     declared_by: HeaderRef,
 }
 
-/// Mask and VTL of a VBS VP context, which igvm 0.5 pairs with relocation headers.
-struct VbsContext {
-    mask: u32,
-    vtl: u8,
-}
-
 pub(super) fn check(
     raw: &RawFile<'_>,
     arch: Arch,
@@ -41,7 +35,6 @@ pub(super) fn check(
     relocation: &RelocationClaims,
 ) -> Result<(), LoadError> {
     let mut areas: HashMap<u32, AreaState> = HashMap::new();
-    let mut vbs_contexts = Vec::new();
 
     for header in raw.kept(Section::Directive) {
         let href = header.header;
@@ -82,11 +75,7 @@ pub(super) fn check(
                     ));
                 }
             }
-            Vht::IGVM_VHT_VP_CONTEXT => {
-                if let Some(vbs) = check_vp_context(raw, arch, platforms, header)? {
-                    vbs_contexts.push(vbs);
-                }
-            }
+            Vht::IGVM_VHT_VP_CONTEXT => check_vp_context(raw, arch, platforms, header)?,
             Vht::IGVM_VHT_REQUIRED_MEMORY => {
                 let range: IGVM_VHS_REQUIRED_MEMORY = decode(header)?;
                 check_aligned(href, "GPA", range.gpa, PAGE_SIZE_4K)?;
@@ -116,21 +105,6 @@ pub(super) fn check(
         }
     }
 
-    for claim in &relocation.vp_claims {
-        let paired = vbs_contexts
-            .iter()
-            .any(|vbs| vbs.mask & claim.mask != 0 && claim.vp_index == 0 && vbs.vtl == claim.vtl);
-        if !paired {
-            return Err(invalid(
-                claim.header,
-                format!(
-                    "igvm 0.5 accepts it only with a VBS VP context for vCPU {} at VTL {} on the \
-                     same platform",
-                    claim.vp_index, claim.vtl
-                ),
-            ));
-        }
-    }
     Ok(())
 }
 
@@ -184,14 +158,13 @@ fn usable_area(
     Ok(state)
 }
 
-/// Checks a VP context against the platform its mask names, as igvm reads it. Returns the
-/// context's mask and VTL when it is a VBS context.
+/// Checks a VP context against the platform its mask names, as igvm reads it.
 fn check_vp_context(
     raw: &RawFile<'_>,
     arch: Arch,
     platforms: &[RawPlatform],
     header: &RawHeader<'_>,
-) -> Result<Option<VbsContext>, LoadError> {
+) -> Result<(), LoadError> {
     let href = header.header;
     let context: IGVM_VHS_VP_CONTEXT = decode(header)?;
     let mask = context.compatibility_mask;
@@ -207,8 +180,7 @@ fn check_vp_context(
 
     match platform.info.platform_type {
         IgvmPlatformType::VSM_ISOLATION => {
-            let vtl = check_vbs_context(raw, arch, href, &context)?;
-            return Ok(Some(VbsContext { mask, vtl }));
+            check_vbs_context(raw, arch, href, &context)?;
         }
         IgvmPlatformType::SEV_SNP | IgvmPlatformType::SEV_ES => {
             check_aligned(href, "VMSA GPA", context.gpa.get(), PAGE_SIZE_4K)?;
@@ -229,7 +201,7 @@ fn check_vp_context(
             ));
         }
     }
-    Ok(None)
+    Ok(())
 }
 
 /// Checks that the 4 KiB of context data hold nothing after the context structure.
@@ -248,13 +220,13 @@ fn check_zero_tail(header: HeaderRef, page: &[u8], used: usize) -> Result<(), Lo
 }
 
 /// Checks a VBS VP context as igvm reads it: a register count, then that many registers of one
-/// VTL that the crate can name, for VP 0. Returns the VTL.
+/// VTL that the crate can name, for VP 0.
 fn check_vbs_context(
     raw: &RawFile<'_>,
     arch: Arch,
     header: HeaderRef,
     context: &IGVM_VHS_VP_CONTEXT,
-) -> Result<u8, LoadError> {
+) -> Result<(), LoadError> {
     let invalid_context = |reason: String| LoadError::InvalidVbsContext { header, reason };
     if context.vp_index != 0 {
         return Err(invalid_context(format!(
@@ -304,5 +276,8 @@ fn check_vbs_context(
             )));
         }
     }
-    vtl.ok_or_else(|| invalid_context("the context has no registers".to_string()))
+    match vtl {
+        Some(_) => Ok(()),
+        None => Err(invalid_context("the context has no registers".to_string())),
+    }
 }

@@ -1,5 +1,7 @@
 //! Initialization headers: igvm 0.5's `IgvmInitializationHeader::validate`, its parse checks
-//! and `validate_initialization_headers`.
+//! and `validate_initialization_headers`. The relocation headers, which the loader decodes
+//! itself, get the same checks without the crate's rule that a VBS VP context must go with
+//! them.
 
 use std::collections::HashMap;
 
@@ -16,16 +18,6 @@ use crate::headers::Section;
 use crate::plan::{HeaderRef, PAGE_SIZE_4K};
 use crate::raw::{RawFile, RawHeader};
 
-/// A relocation header's claim on a VP context: igvm 0.5 requires a VBS VP context for the same
-/// VP and VTL on an overlapping mask.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct VpClaim {
-    pub header: HeaderRef,
-    pub mask: u32,
-    pub vp_index: u16,
-    pub vtl: u8,
-}
-
 /// A page table relocation region, which no ParameterInsert may target.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct PageTableRegion {
@@ -38,7 +30,6 @@ pub(super) struct PageTableRegion {
 /// Relocation facts that the directive checks need.
 #[derive(Debug, Default)]
 pub(super) struct RelocationClaims {
-    pub vp_claims: Vec<VpClaim>,
     pub page_table_regions: Vec<PageTableRegion>,
 }
 
@@ -90,7 +81,8 @@ pub(super) fn check(
     let mut corim_documents: HashMap<u32, HeaderRef> = HashMap::new();
     let mut corim_signatures: HashMap<u32, HeaderRef> = HashMap::new();
 
-    for header in raw.kept(Section::Initialization) {
+    // The relocation headers never reach the crate, so the loader checks them all here.
+    for header in raw.read(Section::Initialization) {
         let href = header.header;
         match Vht(href.header_type) {
             Vht::IGVM_VHT_GUEST_POLICY => {
@@ -109,12 +101,6 @@ pub(super) fn check(
                     region.relocation_region_gpa,
                     region.relocation_region_size,
                 )?;
-                claims.vp_claims.push(VpClaim {
-                    header: href,
-                    mask: region.compatibility_mask,
-                    vp_index: region.vp_index,
-                    vtl: region.vtl,
-                });
             }
             Vht::IGVM_VHT_PAGE_TABLE_RELOCATION_REGION => {
                 let region: IGVM_VHS_PAGE_TABLE_RELOCATION = decode(header)?;
@@ -127,12 +113,6 @@ pub(super) fn check(
                 }
                 page_table_masks |= region.compatibility_mask;
                 regions.insert(href, region.compatibility_mask, region.gpa, region.size)?;
-                claims.vp_claims.push(VpClaim {
-                    header: href,
-                    mask: region.compatibility_mask,
-                    vp_index: region.vp_index,
-                    vtl: region.vtl,
-                });
                 claims.page_table_regions.push(PageTableRegion {
                     header: href,
                     mask: region.compatibility_mask,
@@ -240,10 +220,28 @@ fn check_relocatable_region(
     )?;
     check_aligned(
         href,
-        "maximum base",
+        "maximum address",
         region.maximum_relocation_gpa,
         alignment,
     )?;
+    // The region must end at or below the maximum, as igvm 0.5's `relocation_base_valid` reads
+    // it. Both limits are aligned, so the minimum is a valid base whenever any base is.
+    let fits = region
+        .minimum_relocation_gpa
+        .checked_add(region.relocation_region_size)
+        .is_some_and(|end| end <= region.maximum_relocation_gpa);
+    if !fits {
+        return Err(LoadError::InvalidRelocationHeader {
+            header: href,
+            reason: format!(
+                "no base between the minimum {:#x} and the maximum address {:#x} fits the \
+                 {:#x}-byte region",
+                region.minimum_relocation_gpa,
+                region.maximum_relocation_gpa,
+                region.relocation_region_size
+            ),
+        });
+    }
     check_vtl(href, region.vtl)
 }
 

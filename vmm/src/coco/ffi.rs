@@ -47,11 +47,13 @@ pub const KVM_GET_DEVICE_ATTR: u64 = ioc(IOC_WRITE, 0xE2, size_of::<kvm_device_a
 pub const KVM_SET_USER_MEMORY_REGION2: u64 =
     ioc(IOC_WRITE, 0x49, size_of::<kvm_userspace_memory_region2>());
 /// `KVM_SET_MEMORY_ATTRIBUTES`, `_IOW(KVMIO, 0xd2, struct kvm_memory_attributes)`.
-pub const KVM_SET_MEMORY_ATTRIBUTES: u64 =
-    ioc(IOC_WRITE, 0xD2, size_of::<kvm_memory_attributes>());
+pub const KVM_SET_MEMORY_ATTRIBUTES: u64 = ioc(IOC_WRITE, 0xD2, size_of::<kvm_memory_attributes>());
 /// `KVM_CREATE_GUEST_MEMFD`, `_IOWR(KVMIO, 0xd4, struct kvm_create_guest_memfd)`.
-pub const KVM_CREATE_GUEST_MEMFD: u64 =
-    ioc(IOC_READ | IOC_WRITE, 0xD4, size_of::<kvm_create_guest_memfd>());
+pub const KVM_CREATE_GUEST_MEMFD: u64 = ioc(
+    IOC_READ | IOC_WRITE,
+    0xD4,
+    size_of::<kvm_create_guest_memfd>(),
+);
 
 const _: () = assert!(KVM_CREATE_VM == 0xAE01);
 const _: () = assert!(KVM_ENABLE_CAP == 0x4068_AEA3);
@@ -86,7 +88,8 @@ const _: () = assert!(KVM_CAP_USER_MEMORY2 == kvm_bindings::KVM_CAP_USER_MEMORY2
 const _: () = assert!(KVM_CAP_MEMORY_ATTRIBUTES == kvm_bindings::KVM_CAP_MEMORY_ATTRIBUTES);
 const _: () = assert!(KVM_CAP_GUEST_MEMFD == kvm_bindings::KVM_CAP_GUEST_MEMFD);
 const _: () = assert!(KVM_CAP_VM_TYPES == kvm_bindings::KVM_CAP_VM_TYPES);
-const _: () = assert!(KVM_CAP_X86_APIC_BUS_CYCLES_NS == kvm_bindings::KVM_CAP_X86_APIC_BUS_CYCLES_NS);
+const _: () =
+    assert!(KVM_CAP_X86_APIC_BUS_CYCLES_NS == kvm_bindings::KVM_CAP_X86_APIC_BUS_CYCLES_NS);
 
 /// `KVM_X86_SNP_VM`.
 pub const KVM_X86_SNP_VM: u64 = 4;
@@ -99,7 +102,8 @@ const _: () = assert!(KVM_X86_TDX_VM == kvm_bindings::KVM_X86_TDX_VM as u64);
 pub const KVM_MEMORY_ATTRIBUTE_PRIVATE: u64 = 1 << 3;
 /// `KVM_MEM_GUEST_MEMFD`: the memory slot has a guest_memfd for its private half.
 pub const KVM_MEM_GUEST_MEMFD: u32 = 1 << 2;
-const _: () = assert!(KVM_MEMORY_ATTRIBUTE_PRIVATE == kvm_bindings::KVM_MEMORY_ATTRIBUTE_PRIVATE as u64);
+const _: () =
+    assert!(KVM_MEMORY_ATTRIBUTE_PRIVATE == kvm_bindings::KVM_MEMORY_ATTRIBUTE_PRIVATE as u64);
 const _: () = assert!(KVM_MEM_GUEST_MEMFD == kvm_bindings::KVM_MEM_GUEST_MEMFD);
 
 // ---------------------------------------------------------------------------------------------
@@ -124,7 +128,8 @@ pub const KVM_SYSTEM_EVENT_SEV_TERM: u32 = 6;
 /// `KVM_SYSTEM_EVENT_TDX_FATAL`: `TDG.VP.VMCALL<ReportFatalError>`.
 pub const KVM_SYSTEM_EVENT_TDX_FATAL: u32 = 7;
 const _: () = assert!(KVM_EXIT_MEMORY_FAULT == kvm_bindings::KVM_EXIT_MEMORY_FAULT);
-const _: () = assert!(KVM_MEMORY_EXIT_FLAG_PRIVATE == kvm_bindings::KVM_MEMORY_EXIT_FLAG_PRIVATE as u64);
+const _: () =
+    assert!(KVM_MEMORY_EXIT_FLAG_PRIVATE == kvm_bindings::KVM_MEMORY_EXIT_FLAG_PRIVATE as u64);
 
 // ---------------------------------------------------------------------------------------------
 // SEV-SNP
@@ -138,9 +143,12 @@ pub const KVM_SEV_SNP_LAUNCH_UPDATE: u32 = 101;
 /// `KVM_SEV_SNP_LAUNCH_FINISH` command id.
 pub const KVM_SEV_SNP_LAUNCH_FINISH: u32 = 102;
 const _: () = assert!(KVM_SEV_INIT2 == kvm_bindings::sev_cmd_id_KVM_SEV_INIT2);
-const _: () = assert!(KVM_SEV_SNP_LAUNCH_START == kvm_bindings::sev_cmd_id_KVM_SEV_SNP_LAUNCH_START);
-const _: () = assert!(KVM_SEV_SNP_LAUNCH_UPDATE == kvm_bindings::sev_cmd_id_KVM_SEV_SNP_LAUNCH_UPDATE);
-const _: () = assert!(KVM_SEV_SNP_LAUNCH_FINISH == kvm_bindings::sev_cmd_id_KVM_SEV_SNP_LAUNCH_FINISH);
+const _: () =
+    assert!(KVM_SEV_SNP_LAUNCH_START == kvm_bindings::sev_cmd_id_KVM_SEV_SNP_LAUNCH_START);
+const _: () =
+    assert!(KVM_SEV_SNP_LAUNCH_UPDATE == kvm_bindings::sev_cmd_id_KVM_SEV_SNP_LAUNCH_UPDATE);
+const _: () =
+    assert!(KVM_SEV_SNP_LAUNCH_FINISH == kvm_bindings::sev_cmd_id_KVM_SEV_SNP_LAUNCH_FINISH);
 
 /// `KVM_X86_GRP_SEV`: the device-attribute group of `/dev/kvm` for SEV.
 pub const KVM_X86_GRP_SEV: u32 = 1;
@@ -281,7 +289,7 @@ impl SnpCpuidPage {
         }
     }
 
-    /// Returns the valid entries (at most 64, even when `count` says more).
+    /// Returns the valid entries (at most 64, even when `count` is larger).
     pub fn entries(&self) -> &[SnpCpuidFunction] {
         let count = (self.count as usize).min(SNP_CPUID_MAX_ENTRIES);
         self.functions.get(..count).unwrap_or_default()
@@ -581,14 +589,13 @@ impl KvmTdxInitVm {
 // ioctls kvm-ioctls does not wrap
 
 /// Issues `KVM_MEMORY_ENCRYPT_OP` with a TDX command on a VM or vCPU fd. On failure the returned
-/// error carries the errno; `cmd.hw_error` holds the TDX module status.
+/// error carries the errno, and `cmd.hw_error` contains the TDX module status.
 pub fn tdx_command(fd: &impl AsRawFd, cmd: &mut KvmTdxCmd) -> std::io::Result<()> {
     // SAFETY: `cmd` is a live, exclusively borrowed `struct kvm_tdx_cmd` of the size KVM reads
     // and writes for this ioctl; the structure `cmd.data` points to (if any) is owned by the
     // caller and outlives the call.
-    let result = unsafe {
-        vmm_sys_util::ioctl::ioctl_with_mut_ref(fd, KVM_MEMORY_ENCRYPT_OP as _, cmd)
-    };
+    let result =
+        unsafe { vmm_sys_util::ioctl::ioctl_with_mut_ref(fd, KVM_MEMORY_ENCRYPT_OP as _, cmd) };
     if result < 0 {
         Err(std::io::Error::last_os_error())
     } else {
@@ -607,9 +614,8 @@ pub fn get_system_attr(kvm: &impl AsRawFd, group: u32, attr: u64) -> std::io::Re
     };
     // SAFETY: KVM reads the 24-byte `kvm_device_attr` and writes one `u64` through `addr`, which
     // points to `value`, alive for the whole call.
-    let result = unsafe {
-        vmm_sys_util::ioctl::ioctl_with_ref(kvm, KVM_GET_DEVICE_ATTR as _, &request)
-    };
+    let result =
+        unsafe { vmm_sys_util::ioctl::ioctl_with_ref(kvm, KVM_GET_DEVICE_ATTR as _, &request) };
     if result < 0 {
         Err(std::io::Error::last_os_error())
     } else {
@@ -672,7 +678,8 @@ mod tests {
         let mut bytes = [0u8; 4096];
         bytes[..4].copy_from_slice(&1000u32.to_le_bytes());
         assert_eq!(SnpCpuidPage::from_page(&bytes).entries().len(), 64);
-        assert_eq!(SnpCpuidPage::from_page(&bytes[..10]).count, 0);
+        // A truncated page reads as zeros where bytes are missing.
+        assert_eq!(SnpCpuidPage::from_page(&bytes[..3]).count, 0);
     }
 
     #[test]

@@ -133,8 +133,8 @@ impl<'a> KvmCocoVm<'a> {
             ..Default::default()
         };
         // SAFETY: `userspace_addr..+size` is one region of the VMM's shared mapping, which stays
-        // mapped as long as the VM exists (it moves into the launched VM); the guest_memfd is
-        // owned by the slot list from here on.
+        // mapped as long as the VM exists because it moves into the launched VM. The slot list
+        // owns the guest_memfd from here on.
         unsafe { self.vm()?.set_user_memory_region2(region) }.map_err(|error| {
             CocoError::kvm(format!("KVM_SET_USER_MEMORY_REGION2 slot {slot}"), error)
         })?;
@@ -182,7 +182,9 @@ impl<'a> KvmCocoVm<'a> {
     }
 
     /// Returns the slot ranges and the private-memory handle for the running VM.
-    pub fn into_runtime(self) -> Result<(Kvm, Vec<VcpuFd>, GuestMemoryMmap, KvmPrivateMemory), CocoError> {
+    pub fn into_runtime(
+        self,
+    ) -> Result<(Kvm, Vec<VcpuFd>, GuestMemoryMmap, KvmPrivateMemory), CocoError> {
         let vm = self.vm()?.clone();
         let shared = self.backing.shared.clone();
         Ok((

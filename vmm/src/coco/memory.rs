@@ -115,11 +115,7 @@ pub fn convert(
 }
 
 /// The result a `KVM_HC_MAP_GPA_RANGE` hypercall returns to the guest.
-pub fn map_gpa_range(
-    ops: &impl PrivateMemoryOps,
-    ranges: &[GuestRange],
-    args: &[u64; 6],
-) -> u64 {
+pub fn map_gpa_range(ops: &impl PrivateMemoryOps, ranges: &[GuestRange], args: &[u64; 6]) -> u64 {
     let [gpa, pages, attributes, ..] = *args;
     let to_private = attributes & KVM_MAP_GPA_RANGE_ENCRYPTED != 0;
     let Some(size) = pages.checked_mul(PAGE_SIZE) else {
@@ -218,7 +214,7 @@ impl GmemBacking {
         })?;
         // SAFETY: `host..host + length` lies inside one mapping of `self.shared` (the range is
         // inside one slot, and each slot is one region). MADV_DONTNEED on a private anonymous
-        // mapping only replaces the pages with zero pages; the mapping stays valid, and the guest
+        // mapping only replaces the pages with zero pages, so the mapping stays valid. The guest
         // no longer uses these pages because they were just made private.
         let result = unsafe { libc::madvise(host.cast(), length, libc::MADV_DONTNEED) };
         if result != 0 {
@@ -289,7 +285,8 @@ impl<M: PrivateMemoryOps> ConversionExits<M> {
 
     /// Handles `KVM_EXIT_HYPERCALL`; only `KVM_HC_MAP_GPA_RANGE` is known.
     pub fn hypercall(&self, nr: u64, args: &[u64; 6]) -> Option<u64> {
-        (nr == super::ffi::KVM_HC_MAP_GPA_RANGE).then(|| map_gpa_range(&self.memory, &self.ranges, args))
+        (nr == super::ffi::KVM_HC_MAP_GPA_RANGE)
+            .then(|| map_gpa_range(&self.memory, &self.ranges, args))
     }
 }
 
@@ -304,16 +301,30 @@ mod tests {
     struct Calls(Mutex<Vec<String>>);
 
     impl PrivateMemoryOps for Calls {
-        fn set_memory_attributes(&self, gpa: u64, size: u64, attributes: u64) -> Result<(), CocoError> {
-            self.0.lock().unwrap().push(format!("attr {gpa:#x} {size:#x} {attributes}"));
+        fn set_memory_attributes(
+            &self,
+            gpa: u64,
+            size: u64,
+            attributes: u64,
+        ) -> Result<(), CocoError> {
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("attr {gpa:#x} {size:#x} {attributes}"));
             Ok(())
         }
         fn discard_private(&self, gpa: u64, size: u64) -> Result<(), CocoError> {
-            self.0.lock().unwrap().push(format!("punch {gpa:#x} {size:#x}"));
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("punch {gpa:#x} {size:#x}"));
             Ok(())
         }
         fn discard_shared(&self, gpa: u64, size: u64) -> Result<(), CocoError> {
-            self.0.lock().unwrap().push(format!("drop {gpa:#x} {size:#x}"));
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("drop {gpa:#x} {size:#x}"));
             Ok(())
         }
     }
@@ -353,10 +364,22 @@ mod tests {
         let calls = Calls::default();
         let einval = libc::EINVAL as u64;
         // Unaligned, empty, crossing the hole between slots, and overflowing.
-        assert_eq!(map_gpa_range(&calls, &RANGES, &[0x1001, 1, 0, 0, 0, 0]), einval);
-        assert_eq!(map_gpa_range(&calls, &RANGES, &[0x1000, 0, 0, 0, 0, 0]), einval);
-        assert_eq!(map_gpa_range(&calls, &RANGES, &[0x7FFF_F000, 2, 0, 0, 0, 0]), einval);
-        assert_eq!(map_gpa_range(&calls, &RANGES, &[0, u64::MAX, 0, 0, 0, 0]), einval);
+        assert_eq!(
+            map_gpa_range(&calls, &RANGES, &[0x1001, 1, 0, 0, 0, 0]),
+            einval
+        );
+        assert_eq!(
+            map_gpa_range(&calls, &RANGES, &[0x1000, 0, 0, 0, 0, 0]),
+            einval
+        );
+        assert_eq!(
+            map_gpa_range(&calls, &RANGES, &[0x7FFF_F000, 2, 0, 0, 0, 0]),
+            einval
+        );
+        assert_eq!(
+            map_gpa_range(&calls, &RANGES, &[0, u64::MAX, 0, 0, 0, 0]),
+            einval
+        );
         assert!(calls.0.lock().unwrap().is_empty());
     }
 }

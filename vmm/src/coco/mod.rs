@@ -3,7 +3,7 @@
 //! Both backends execute a [`Plan`](igvm_loader::plan::Plan) through KVM's confidential-VM
 //! ioctls, so that the hardware measures what the measurement models in
 //! [`igvm_loader::measure`] predict. Every ioctl of a backend goes through one trait
-//! ([`snp::SnpVmOps`], [`tdx::TdxVmOps`]); the KVM implementation issues it, and a recorder keeps
+//! ([`snp::SnpVmOps`], [`tdx::TdxVmOps`]). The KVM implementation issues it, and a recorder keeps
 //! the calls, their arguments and the page bytes for tests. The layouts follow the Linux 6.16 to
 //! 7.3 UAPI ([`ffi`]).
 //!
@@ -23,6 +23,9 @@ pub mod snp;
 pub mod snp_regs;
 pub mod tdx;
 
+pub use snp::launch_on_host as launch_snp;
+pub use tdx::launch_on_host as launch_tdx;
+
 use std::fs::File;
 use std::sync::Arc;
 
@@ -39,7 +42,7 @@ pub enum CocoError {
     HostLacks {
         /// `SEV-SNP` or `TDX`.
         platform: &'static str,
-        /// What is missing, one item each.
+        /// The missing items.
         missing: Vec<String>,
     },
     /// A KVM ioctl or system call failed.
@@ -87,7 +90,7 @@ pub enum CocoError {
         /// The plan's platform.
         found: String,
     },
-    /// vp 0's `SEV_FEATURES` asks for features the host's KVM does not offer.
+    /// vp 0's `SEV_FEATURES` requests features the host's KVM does not offer.
     #[error(
         "vp 0 requests SEV_FEATURES {requested:#x} for KVM_SEV_INIT2, but this host supports only \
          {supported:#x} (KVM_X86_SEV_VMSA_FEATURES); unsupported bits {missing:#x}"
@@ -95,7 +98,7 @@ pub enum CocoError {
     UnsupportedVmsaFeatures {
         /// The features without `SNP_ACTIVE`.
         requested: u64,
-        /// What KVM reported.
+        /// The features KVM reported.
         supported: u64,
         /// `requested & !supported`.
         missing: u64,
@@ -148,7 +151,9 @@ pub enum CocoError {
         vp_index: u16,
     },
     /// A TDX request is not supported by this host's TDX module or KVM.
-    #[error("{what} is not supported by this host: requested {requested:#x}, supported {supported:#x}")]
+    #[error(
+        "{what} is not supported by this host: requested {requested:#x}, supported {supported:#x}"
+    )]
     TdxUnsupported {
         /// `attributes` or `XFAM`.
         what: &'static str,
@@ -162,7 +167,7 @@ pub enum CocoError {
     InvalidOption {
         /// The option.
         option: &'static str,
-        /// What is wrong.
+        /// The problem.
         reason: String,
     },
     /// Writing launch data into guest memory failed.
@@ -185,7 +190,7 @@ impl CocoError {
     }
 }
 
-/// What a host offers for confidential VMs, as the probes read it.
+/// The confidential-VM capabilities of a host, as the probes read them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HostFacts {
     /// `KVM_CHECK_EXTENSION(KVM_CAP_VM_TYPES)` on `/dev/kvm`.
@@ -198,7 +203,7 @@ pub struct HostFacts {
     pub user_memory2: i32,
     /// `KVM_CAP_EXIT_HYPERCALL`.
     pub exit_hypercall: i32,
-    /// Why `/dev/sev` could not be opened, if it could not.
+    /// The error from opening `/dev/sev`, if opening failed.
     pub dev_sev_error: Option<String>,
 }
 
@@ -227,7 +232,10 @@ impl HostFacts {
 
     fn common_missing(&self, missing: &mut Vec<String>) {
         if self.guest_memfd <= 0 {
-            missing.push(format!("KVM_CAP_GUEST_MEMFD is {} (no guest_memfd)", self.guest_memfd));
+            missing.push(format!(
+                "KVM_CAP_GUEST_MEMFD is {} (no guest_memfd)",
+                self.guest_memfd
+            ));
         }
         if self.memory_attributes < 0
             || (self.memory_attributes as u64) & ffi::KVM_MEMORY_ATTRIBUTE_PRIVATE == 0
@@ -327,9 +335,7 @@ pub fn probe_snp() -> Result<SnpHost, CocoError> {
         ffi::get_system_attr(&kvm, ffi::KVM_X86_GRP_SEV, ffi::KVM_X86_SEV_VMSA_FEATURES).ok();
     let policy_bits =
         ffi::get_system_attr(&kvm, ffi::KVM_X86_GRP_SEV, ffi::KVM_X86_SNP_POLICY_BITS).ok();
-    log::info!(
-        "SEV-SNP host: VMSA features {vmsa_features:#x?}, policy bits {policy_bits:#x?}"
-    );
+    log::info!("SEV-SNP host: VMSA features {vmsa_features:#x?}, policy bits {policy_bits:#x?}");
     Ok(SnpHost {
         kvm,
         sev,
@@ -389,14 +395,14 @@ impl std::fmt::Debug for LaunchedVm {
     }
 }
 
-/// What the vCPU loop does after a confidential-VM exit.
+/// The vCPU loop's next step after a confidential-VM exit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExitAction {
     /// The exit was handled; enter the guest again.
     Resume,
-    /// The guest asked to stop; the text says why.
+    /// The guest requested a stop; the text gives the reason.
     Stop(String),
-    /// The exit is not one this handler knows.
+    /// This handler does not handle the exit.
     NotHandled,
 }
 
@@ -413,7 +419,7 @@ pub trait CocoExits: Send + Sync {
     /// fatal error).
     fn system_event(&self, vcpu: u32, event_type: u32, data: &[u64]) -> ExitAction;
     /// An exit kvm-ioctls reports as `VcpuExit::Unsupported(reason)`; `run` is the vCPU's
-    /// `kvm_run`, whose answer fields the handler fills before the next `KVM_RUN`.
+    /// `kvm_run`, whose result fields the handler fills before the next `KVM_RUN`.
     fn unsupported_exit(&self, vcpu: u32, reason: u32, run: &mut kvm_run) -> ExitAction;
 }
 

@@ -20,13 +20,15 @@
 //!
 //! When the firmware rejects the CPUID page (`EIO` with firmware error `INVALID_PARAM`), it has
 //! written the values it accepts into the page. igvmm logs the changed leaves and retries once
-//! with the corrected page, unless `--strict-cpuid` asks for an error. The CPUID page contents are
+//! with the corrected page, unless `--strict-cpuid` requests an error. The CPUID page contents are
 //! not measured, so the retry does not change the launch digest.
 
 use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 
-use igvm_loader::measure::{self, snp_page_type, KvmSnpVcpuState, Measurement, SnpMode, SnpPageType};
+use igvm_loader::measure::{
+    self, snp_page_type, KvmSnpVcpuState, Measurement, SnpMode, SnpPageType,
+};
 use igvm_loader::plan::{LaunchOp, PageData, PageKind, Plan, Platform};
 use kvm_bindings::{
     kvm_cpuid_entry2, kvm_sev_cmd, kvm_sev_init, kvm_sev_snp_launch_finish,
@@ -122,7 +124,7 @@ pub struct SnpLaunchConfig {
     pub supported_policy_bits: Option<u64>,
 }
 
-/// What a launch did.
+/// The outcome of a launch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SnpLaunchReport {
     /// The launch digest igvmm predicts for this launch.
@@ -142,7 +144,7 @@ pub fn cpuid_signature(entries: &[kvm_cpuid_entry2]) -> u32 {
 }
 
 /// Builds the SNP CPUID page from a vCPU's CPUID table; returns it and the number of entries
-/// left out because the page holds 64.
+/// left out because the page has room for 64.
 ///
 /// Leaf 0xD subleaves 0 and 1 describe the XSAVE area for XCR0 = 1 (`EBX = 0x240`,
 /// `XCR0_IN = 1`), because the guest computes larger sizes itself from the other subleaves; QEMU
@@ -351,8 +353,15 @@ pub fn launch(
 
     // Step 6: the pages, in plan order.
     let (cpuid_page, dropped) = snp_cpuid_page(vcpu0_cpuid);
-    if dropped > 0 && plan.operations.iter().any(|op| snp_page_type(op.kind) == Some(SnpPageType::Cpuid)) {
-        log::warn!("the SNP CPUID page holds 64 leaves; {dropped} leaves of the vCPU table are left out");
+    if dropped > 0
+        && plan
+            .operations
+            .iter()
+            .any(|op| snp_page_type(op.kind) == Some(SnpPageType::Cpuid))
+    {
+        log::warn!(
+            "the SNP CPUID page holds 64 leaves; {dropped} leaves of the vCPU table are left out"
+        );
     }
     let cpuid_page = cpuid_page.to_page();
     let mut launch_updates = 0;
@@ -475,7 +484,12 @@ impl<'a> KvmSnpOps<'a> {
     pub fn into_launched(self, predicted: Measurement) -> Result<LaunchedVm, CocoError> {
         let vm = self.base.vm()?.clone();
         let (kvm, vcpus, memory, private) = self.base.into_runtime()?;
-        let ranges = private.backing.slots.iter().map(|slot| slot.range).collect();
+        let ranges = private
+            .backing
+            .slots
+            .iter()
+            .map(|slot| slot.range)
+            .collect();
         let exits = SnpExits {
             conversions: ConversionExits {
                 memory: private,
@@ -577,9 +591,12 @@ impl SnpVmOps for KvmSnpOps<'_> {
             ..registers.sregs
         };
         vcpu.set_sregs(&sregs).map_err(failed("KVM_SET_SREGS"))?;
-        vcpu.set_regs(&registers.regs).map_err(failed("KVM_SET_REGS"))?;
-        vcpu.set_fpu(&registers.fpu).map_err(failed("KVM_SET_FPU"))?;
-        vcpu.set_xcrs(&registers.xcrs).map_err(failed("KVM_SET_XCRS"))?;
+        vcpu.set_regs(&registers.regs)
+            .map_err(failed("KVM_SET_REGS"))?;
+        vcpu.set_fpu(&registers.fpu)
+            .map_err(failed("KVM_SET_FPU"))?;
+        vcpu.set_xcrs(&registers.xcrs)
+            .map_err(failed("KVM_SET_XCRS"))?;
         vcpu.set_debug_regs(&registers.debugregs)
             .map_err(failed("KVM_SET_DEBUGREGS"))?;
         let msrs = Msrs::from_entries(&registers.msrs).map_err(|_| CocoError::Io {
@@ -724,7 +741,8 @@ impl<M: PrivateMemoryOps + Send + Sync> CocoExits for SnpExits<M> {
 
     fn system_event(&self, vcpu: u32, event_type: u32, data: &[u64]) -> ExitAction {
         if event_type == ffi::KVM_SYSTEM_EVENT_SEV_TERM {
-            // data[0] holds the GHCB termination request: reason set in bits 15:12, code in 23:16.
+            // data[0] contains the GHCB termination request: reason set in bits 15:12, code in
+            // bits 23:16.
             let request = data.first().copied().unwrap_or(0);
             ExitAction::Stop(format!(
                 "vCPU {vcpu}: the SEV-SNP guest requested termination (reason set {}, code {:#x})",
@@ -736,7 +754,12 @@ impl<M: PrivateMemoryOps + Send + Sync> CocoExits for SnpExits<M> {
         }
     }
 
-    fn unsupported_exit(&self, _vcpu: u32, _reason: u32, _run: &mut kvm_bindings::kvm_run) -> ExitAction {
+    fn unsupported_exit(
+        &self,
+        _vcpu: u32,
+        _reason: u32,
+        _run: &mut kvm_bindings::kvm_run,
+    ) -> ExitAction {
         ExitAction::NotHandled
     }
 }
@@ -889,7 +912,10 @@ impl SnpRecorder {
 
     /// Returns the calls recorded so far.
     pub fn calls(&self) -> Vec<SnpCall> {
-        self.calls.lock().map(|calls| calls.clone()).unwrap_or_default()
+        self.calls
+            .lock()
+            .map(|calls| calls.clone())
+            .unwrap_or_default()
     }
 
     fn record(&self, call: SnpCall) {

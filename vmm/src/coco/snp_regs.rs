@@ -9,8 +9,8 @@
 
 use igvm::snp_defs::{SevFeatures, SevSelector, SevVmsa};
 use igvm_loader::measure::vmsa::{
-    KvmSnpVcpuState, SegmentRegister, CR0_CD, CR0_NW, CR4_MCE, EFER_SVME, RESET_PAT,
-    RFLAGS_FIXED, SEV_FEATURE_SNP_ACTIVE,
+    KvmSnpVcpuState, SegmentRegister, CR0_CD, CR0_NW, CR4_MCE, EFER_SVME, RESET_PAT, RFLAGS_FIXED,
+    SEV_FEATURE_SNP_ACTIVE,
 };
 use kvm_bindings::{
     kvm_debugregs, kvm_dtable, kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs, kvm_xcr,
@@ -169,8 +169,8 @@ fn vmcb_segment(segment: &kvm_segment) -> SevSelector {
 /// Models the VMSA that KVM's `sev_es_sync_vmsa` writes at `LAUNCH_FINISH` for a vCPU loaded
 /// with `registers`, in a VM whose `KVM_SEV_INIT2.vmsa_features` is `vmsa_features`.
 ///
-/// Assumptions: the host runs with `CR4.MCE` set and `KVM_X86_QUIRK_CD_NW_CLEARED` is enabled
-/// (KVM's default); the VM type is SEV-SNP, so the x87, SSE and AVX state is copied. Fields KVM
+/// The model assumes that the host runs with `CR4.MCE` set and that `KVM_X86_QUIRK_CD_NW_CLEARED`
+/// is enabled (KVM's default). The VM type is SEV-SNP, so KVM copies the x87, SSE and AVX state. Fields KVM
 /// does not set from these ioctls are zero.
 pub fn kvm_sync_vmsa(registers: &SnpVcpuRegisters, vmsa_features: u64) -> SevVmsa {
     let SnpVcpuRegisters {
@@ -249,9 +249,12 @@ pub fn kvm_sync_vmsa(registers: &SnpVcpuRegisters, vmsa_features: u64) -> SevVms
             target.copy_from_slice(source);
         }
     }
-    vmsa.x87_registers1.copy_from_slice(x87.get(..32).unwrap_or(&[0; 32]));
-    vmsa.x87_registers2.copy_from_slice(x87.get(32..64).unwrap_or(&[0; 32]));
-    vmsa.x87_registers3.copy_from_slice(x87.get(64..80).unwrap_or(&[0; 16]));
+    vmsa.x87_registers1
+        .copy_from_slice(x87.get(..32).unwrap_or(&[0; 32]));
+    vmsa.x87_registers2
+        .copy_from_slice(x87.get(32..64).unwrap_or(&[0; 32]));
+    vmsa.x87_registers3
+        .copy_from_slice(x87.get(64..80).unwrap_or(&[0; 16]));
     for (register, xmm) in vmsa.xmm_registers.iter_mut().zip(fpu.xmm.iter()) {
         let mut low = [0u8; 8];
         let mut high = [0u8; 8];

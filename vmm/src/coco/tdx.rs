@@ -21,9 +21,9 @@
 //! [`TdxVmOps`]: [`KvmTdxOps`] issues it, [`TdxRecorder`] records it.
 //!
 //! At run time, `KVM_EXIT_TDX` (40) carries the TDVMCALLs that KVM leaves to userspace
-//! ([`TdxExits`]): `GetTdVmCallInfo` leaf 1 is answered with the kernel's TDVMCALLs plus
-//! `SetupEventNotifyInterrupt`; `SetupEventNotifyInterrupt` records the vector; `GetQuote` is
-//! answered `SUBFUNC_UNSUPPORTED`, because igvmm does not forward quotes to a Quote Generation
+//! ([`TdxExits`]): `GetTdVmCallInfo` leaf 1 returns the kernel's TDVMCALLs plus
+//! `SetupEventNotifyInterrupt`. `SetupEventNotifyInterrupt` records the vector. `GetQuote` returns
+//! `SUBFUNC_UNSUPPORTED`, because igvmm does not forward quotes to a Quote Generation
 //! Service (`--quote-socket` is rejected at launch). MapGPA arrives as a hypercall exit.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -123,7 +123,7 @@ pub struct TdxLaunchConfig {
     pub xfam: Option<u64>,
 }
 
-/// What a launch did.
+/// The outcome of a launch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TdxLaunchReport {
     /// The MRTD igvmm predicts for this launch.
@@ -184,10 +184,18 @@ pub fn check_vp_contexts(plan: &Plan) -> Result<u64, CocoError> {
             ("cr3", native.cr3, CR3),
             ("cr4", native.cr4, CR4),
             ("efer", native.efer, EFER),
-            ("code_attributes", u64::from(native.code_attributes), CODE_ATTRIBUTES),
+            (
+                "code_attributes",
+                u64::from(native.code_attributes),
+                CODE_ATTRIBUTES,
+            ),
             ("code_base", u64::from(native.code_base), 0),
             ("code_limit", u64::from(native.code_limit), FLAT_LIMIT),
-            ("data_attributes", u64::from(native.data_attributes), DATA_ATTRIBUTES),
+            (
+                "data_attributes",
+                u64::from(native.data_attributes),
+                DATA_ATTRIBUTES,
+            ),
             ("data_base", u64::from(native.data_base), 0),
             ("data_limit", u64::from(native.data_limit), FLAT_LIMIT),
             ("gdtr_base", native.gdtr_base, 0),
@@ -271,7 +279,10 @@ pub fn filter_cpuid(
     let address_width = |entry: &mut kvm_cpuid_entry2| {
         entry.eax = (entry.eax & !0x00FF_0000) | (GUEST_PHYS_BITS << 16);
     };
-    match filtered.iter_mut().find(|entry| entry.function == 0x8000_0008) {
+    match filtered
+        .iter_mut()
+        .find(|entry| entry.function == 0x8000_0008)
+    {
         Some(entry) => address_width(entry),
         None => {
             let mut entry = kvm_cpuid_entry2 {
@@ -319,7 +330,7 @@ pub fn launch(
     let predicted = measure::measure_tdx(plan)?;
     log::info!("predicted TDX MRTD {}", predicted.digest_hex());
 
-    // The IGVM TDX policy: bit 0 allows debug, bit 1 asks for SEPT_VE_DISABLE.
+    // The IGVM TDX policy: bit 0 allows debug, bit 1 requests SEPT_VE_DISABLE.
     let (debug_allowed, sept_ve_disable) = match plan.guest_policy {
         Some(policy) => (policy & 1 != 0, policy & 2 != 0),
         None => (true, true),
@@ -381,7 +392,10 @@ pub fn launch(
         ops.set_memory_attributes(region.gpa, region.size, KVM_MEMORY_ATTRIBUTE_PRIVATE)?;
     }
     for op in &plan.operations {
-        if !regions.iter().any(|region| region.contains(op.gpa, op.size)) {
+        if !regions
+            .iter()
+            .any(|region| region.contains(op.gpa, op.size))
+        {
             return Err(CocoError::OutsideMemory {
                 gpa: op.gpa,
                 size: op.size,
@@ -486,7 +500,8 @@ impl<'a> KvmTdxOps<'a> {
             data,
             ..Default::default()
         };
-        ffi::tdx_command(self.base.vm()?.as_ref(), &mut cmd).map_err(|error| tdx_error(name, error, &cmd))
+        ffi::tdx_command(self.base.vm()?.as_ref(), &mut cmd)
+            .map_err(|error| tdx_error(name, error, &cmd))
     }
 
     /// Ends the launch and hands the TD to the vCPU loop.
@@ -494,7 +509,12 @@ impl<'a> KvmTdxOps<'a> {
         let vm = self.base.vm()?.clone();
         let capabilities = self.capabilities.clone();
         let (kvm, vcpus, memory, private) = self.base.into_runtime()?;
-        let ranges = private.backing.slots.iter().map(|slot| slot.range).collect();
+        let ranges = private
+            .backing
+            .slots
+            .iter()
+            .map(|slot| slot.range)
+            .collect();
         let exits = TdxExits::new(
             ConversionExits {
                 memory: private,
@@ -639,7 +659,11 @@ impl TdxVmOps for KvmTdxOps<'_> {
             while region.nr_pages > 0 {
                 let mut cmd = KvmTdxCmd {
                     id: KVM_TDX_INIT_MEM_REGION,
-                    flags: if measure { KVM_TDX_MEASURE_MEMORY_REGION } else { 0 },
+                    flags: if measure {
+                        KVM_TDX_MEASURE_MEMORY_REGION
+                    } else {
+                        0
+                    },
                     data: std::ptr::addr_of_mut!(region) as u64,
                     hw_error: 0,
                 };
@@ -723,7 +747,7 @@ impl<M> TdxExits<M> {
             .filter(|vector| *vector != 0)
     }
 
-    /// Answers one TDVMCALL; `exit` is the `tdx` member of `kvm_run`, updated in place.
+    /// Handles one TDVMCALL and writes its results into `exit`, the `tdx` member of `kvm_run`.
     pub fn handle_tdvmcall(&self, vcpu: u32, exit: &mut KvmRunTdx) {
         let [ret, args @ ..] = &mut exit.args;
         match exit.nr {
@@ -767,9 +791,9 @@ impl<M> TdxExits<M> {
 
 /// Reads the `tdx` member of the `kvm_run` exit union.
 pub fn read_tdx_exit(run: &kvm_run) -> KvmRunTdx {
-    // SAFETY: every member of the exit union is plain old data, and KvmRunTdx (64 bytes) is
-    // smaller than the union's 256-byte padding member, so reading its first 64 bytes as
-    // KvmRunTdx reads initialized memory of the right size and alignment (8).
+    // SAFETY: every member of the exit union is plain old data. KvmRunTdx (64 bytes, alignment
+    // 8) fits in the union's 256-byte padding member, so its first 64 bytes are initialized
+    // memory of the right size and alignment.
     unsafe { std::ptr::read(std::ptr::addr_of!(run.__bindgen_anon_1).cast::<KvmRunTdx>()) }
 }
 
@@ -795,7 +819,10 @@ pub fn describe_fatal_error(data: &[u64]) -> String {
     for index in [14, 15, 3, 7, 6, 8, 9, 2] {
         message.extend_from_slice(&register(index).to_le_bytes());
     }
-    let end = message.iter().position(|byte| *byte == 0).unwrap_or(message.len());
+    let end = message
+        .iter()
+        .position(|byte| *byte == 0)
+        .unwrap_or(message.len());
     let text: String = message
         .get(..end)
         .unwrap_or_default()
@@ -808,7 +835,10 @@ pub fn describe_fatal_error(data: &[u64]) -> String {
             }
         })
         .collect();
-    format!("error code {error_code:#x}, R13 {:#x}, message {text:?}", register(13))
+    format!(
+        "error code {error_code:#x}, R13 {:#x}, message {text:?}",
+        register(13)
+    )
 }
 
 impl<M: PrivateMemoryOps + Send + Sync> CocoExits for TdxExits<M> {
@@ -968,7 +998,7 @@ pub enum TdxCall {
 pub struct TdxRecorder {
     calls: Mutex<Vec<TdxCall>>,
     guest_memfds: u32,
-    /// What `KVM_TDX_CAPABILITIES` returns.
+    /// The result of `KVM_TDX_CAPABILITIES`.
     pub capabilities: Box<KvmTdxCapabilities>,
 }
 
@@ -984,7 +1014,10 @@ impl TdxRecorder {
 
     /// Returns the calls recorded so far.
     pub fn calls(&self) -> Vec<TdxCall> {
-        self.calls.lock().map(|calls| calls.clone()).unwrap_or_default()
+        self.calls
+            .lock()
+            .map(|calls| calls.clone())
+            .unwrap_or_default()
     }
 
     fn record(&self, call: TdxCall) {

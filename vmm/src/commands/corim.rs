@@ -139,7 +139,12 @@ pub fn main(command: CorimCommand) -> Result<ExitCode, Box<dyn std::error::Error
             let bytes = read(&input)?;
             let document = read(&document)?;
             let signature = signature.as_deref().map(read).transpose()?;
-            let rewritten = add(&bytes, platform_of(platform), &document, signature.as_deref())?;
+            let rewritten = add(
+                &bytes,
+                platform_of(platform),
+                &document,
+                signature.as_deref(),
+            )?;
             write(&output, &rewritten)?;
         }
     }

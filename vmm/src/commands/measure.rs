@@ -139,7 +139,7 @@ pub fn measure_file(
 pub struct PlatformDigest {
     /// The platform.
     pub platform: Platform,
-    /// What is measured: `kvm-launch` (1 vCPU), `file` or `mrtd`.
+    /// The kind of measurement: `kvm-launch` (1 vCPU), `file` or `mrtd`.
     pub kind: &'static str,
     /// The measurement or why there is none.
     pub result: Result<Measurement, MeasureCommandError>,

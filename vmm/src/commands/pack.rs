@@ -76,7 +76,9 @@ fn corim_platform(
 }
 
 /// Adds a launch-measurement CoRIM for every SEV-SNP and TDX platform of the image.
-fn add_launch_measurement_corims(mut image: Vec<u8>) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
+fn add_launch_measurement_corims(
+    mut image: Vec<u8>,
+) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
     let measurable: Vec<Platform> = igvm_loader::parse(&image)?
         .platforms()
         .iter()

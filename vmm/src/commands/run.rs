@@ -104,7 +104,9 @@ fn warn_unused_coco_options(args: &RunArgs) {
     ];
     for (option, given) in unused {
         if given {
-            log::warn!("{option} applies to sev-snp or tdx launches and is ignored for a native launch");
+            log::warn!(
+                "{option} applies to sev-snp or tdx launches and is ignored for a native launch"
+            );
         }
     }
 }
