@@ -54,9 +54,10 @@ cmdline="console=ttyS0 earlyprintk=serial,ttyS0,115200 panic=-1 rdinit=/init"
 "$IGVMM" pack --kernel "$guest/$kernel_name" --initrd "$guest/initrd.img" \
     --cmdline "$cmdline" -o "$work/linux.igvm"
 
-# Any bytes do as the CoRIM document here: igvmm serves them as opt/igvm/corim without
-# decoding them unless --strict-corim is given.
-printf 'igvmm linux smoke test CoRIM\n' > "$work/corim.cbor"
+# A stand-in CoRIM document: CBOR tag 501 (unsigned CoRIM) around {0: "igvmm-linux-test"}.
+# `igvmm corim add` checks that it is CBOR; `igvmm run` serves it as opt/igvm/corim and only
+# warns that it is not a complete CoRIM, because --strict-corim is off.
+printf '\xd9\x01\xf5\xa1\x00\x70igvmm-linux-test' > "$work/corim.cbor"
 expected_hash="$(sha256sum "$work/corim.cbor" | cut -d' ' -f1)"
 "$IGVMM" corim add "$work/linux.igvm" --platform native --document "$work/corim.cbor" \
     -o "$work/linux-corim.igvm"

@@ -467,9 +467,10 @@ fn linux_guest_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../linux-guest")
 }
 
-/// A small CoRIM stand-in that igvmm serves as `opt/igvm/corim`; the initramfs prints its
-/// SHA-256. igvmm does not need it to decode when `--strict-corim` is off.
-const TEST_CORIM: &[u8] = b"\xd9\x01\xf5\xa1\x00\x63igvmm-linux-test";
+/// A stand-in CoRIM document that igvmm serves as `opt/igvm/corim`; the initramfs prints its
+/// SHA-256. It is CBOR tag 501 (unsigned CoRIM) around `{0: "igvmm-linux-test"}`, which igvmm
+/// accepts with a warning when `strict_corim` is off.
+const TEST_CORIM: &[u8] = b"\xd9\x01\xf5\xa1\x00\x70igvmm-linux-test";
 
 #[test]
 fn debian_kernel_prints_banner() {

@@ -212,7 +212,7 @@ fn check_copy(vm: &Vm, gpa: u32, expected: &[u8]) -> Result<(), String> {
         .map_err(|e| format!("reading guest memory at {gpa:#x}: {e}"))?;
     match actual.iter().zip(expected).position(|(a, b)| a != b) {
         None => Ok(()),
-        Some(at) => Err(format!("actual {:02x?} expected {:02x?} ", actual.get(at..at+16), expected.get(at..at+16)) + &format!(
+        Some(at) => Err(format!(
             "guest memory at {:#x} differs from the fw_cfg file at offset {at:#x}",
             u64::from(gpa) + at as u64
         )),

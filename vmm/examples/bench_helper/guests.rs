@@ -119,7 +119,7 @@ impl RealMode {
         Ok(())
     }
 
-    /// Stores the TSC at FS:[`TSC_START`].
+    /// Stores the TSC at FS:[`TSC_START`]; clobbers eax and edx.
     fn start_timer(&mut self) -> AsmResult<()> {
         self.a.rdtsc()?;
         self.a.mov(dword_ptr(TSC_START).fs(), eax)?;
@@ -299,9 +299,10 @@ pub fn fw_cfg(layout: FwCfgLayout) -> AsmResult<Vec<u8>> {
     a.mov(ax, layout.pio_gpa >> 4)?;
     a.mov(es, ax)?;
     a.xor(di, di)?;
-    a.mov(dx, u32::from(FW_CFG_DATA))?;
     guest.start_timer()?;
+    // rdtsc in start_timer overwrites edx, so the port goes into dx afterwards.
     let a = &mut guest.a;
+    a.mov(dx, u32::from(FW_CFG_DATA))?;
     a.mov(bx, layout.pio_bytes / STRING_CHUNK)?;
     let mut chunk = a.create_label();
     a.set_label(&mut chunk)?;
