@@ -6,9 +6,9 @@
 # Leaves in DEST:
 #   vmlinuz     the bzImage from Debian's newest linux-image-*-cloud-amd64 package
 #   vmlinux     the ELF kernel inside that bzImage (its payload, decompressed)
-#   initrd.img  a gzip-compressed newc cpio archive whose /init (busybox sh from busybox-static)
-#               loads qemu_fw_cfg.ko from the kernel package, prints the SHA-256 of the CoRIM
-#               that igvmm serves as fw_cfg file opt/igvm/corim, and powers off
+#   initrd.img  a gzip-compressed newc cpio archive with busybox from busybox-static. Its /init
+#               loads qemu_fw_cfg.ko from the kernel package and prints the SHA-256 of the
+#               CoRIM that igvmm serves as fw_cfg file opt/igvm/corim. Then it powers off.
 #   VERSION     the kernel package name and version
 #
 # Needs apt-get (packages are fetched with `apt-get download`, nothing is installed except zstd

@@ -6,7 +6,7 @@
 //! stops through the debug-exit port, so each test compares exact text.
 //!
 //! `debian_kernel_prints_banner` boots the kernel and initramfs that scripts/fetch-linux.sh
-//! leaves in `linux-guest/`, when they are there.
+//! leaves in `linux-guest/` (or `$LINUX_GUEST`), when they are there.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use std::path::PathBuf;
@@ -462,9 +462,13 @@ fn table_loader_links_igvmm_acpi_tables() {
     assert_eq!(signatures, vec!["APIC", "FACP"]);
 }
 
-/// Returns the folder where scripts/fetch-linux.sh leaves the Debian kernel and initramfs.
+/// Returns the folder where scripts/fetch-linux.sh leaves the Debian kernel and initramfs:
+/// `$LINUX_GUEST`, or `linux-guest/` in the repository.
 fn linux_guest_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../linux-guest")
+    match std::env::var_os("LINUX_GUEST") {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../linux-guest"),
+    }
 }
 
 /// A stand-in CoRIM document that igvmm serves as `opt/igvm/corim`; the initramfs prints its
