@@ -5,16 +5,13 @@
 #
 # It runs `apt-get update` once. When `apt-cache policy qemu-system-x86` offers no 10.x version,
 # it adds the bookworm-backports suite to the Debian source that lists bookworm (a deb822 file in
-# /etc/apt/sources.list.d/ or a line in /etc/apt/sources.list) and updates again. Needs root.
+# /etc/apt/sources.list.d/ or a line in /etc/apt/sources.list) and updates again. It needs root
+# only when something is missing.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 log() { echo "install-deps: $*" >&2; }
 
-if [ "$(id -u)" -ne 0 ]; then
-    log "needs root for apt-get"
-    exit 2
-fi
 export DEBIAN_FRONTEND=noninteractive
 
 qemu_candidate() {
@@ -69,6 +66,10 @@ installed_qemu_10 || need_qemu=1
 need_openssl=0
 command -v openssl > /dev/null || need_openssl=1
 if [ "$need_qemu" -eq 1 ] || [ "$need_openssl" -eq 1 ]; then
+    if [ "$(id -u)" -ne 0 ]; then
+        log "QEMU 10.x or openssl is missing, and installing them with apt-get needs root"
+        exit 2
+    fi
     apt-get update -qq
 fi
 if [ "$need_qemu" -eq 1 ]; then

@@ -5,8 +5,8 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use igvm_loader::host::HostDescription;
-use vmm::memory::{MemoryLayout, IOAPIC_GPA, LOW_RAM_END};
-use vmm::{GuestImage, SerialCapture, SerialConfig, StopReason, VmmError};
+use vmm::memory::MemoryLayout;
+use vmm::{GuestImage, LoadedGuest, SerialCapture, SerialConfig, StopReason, VmmError};
 
 use crate::layout::GUEST_RAM;
 
@@ -103,10 +103,7 @@ pub fn boot(file: &[u8], config: &VmConfig) -> Result<Outcome, HarnessError> {
     if !config.serial_input.is_empty() {
         capture.send_input(&config.serial_input)?;
     }
-    let mut vm_config = vmm::VmConfig::new(GuestImage::Igvm(file.to_vec()));
-    vm_config.memory_bytes = config.memory;
-    vm_config.cpus = config.cpus;
-    vm_config.cmdline = config.cmdline.clone().unwrap_or_default();
+    let mut vm_config = vmm_config(file, config);
     vm_config.serial = SerialConfig::Capture(capture.clone());
     let stop = vm_config.stop.clone();
 
@@ -156,31 +153,34 @@ pub fn boot(file: &[u8], config: &VmConfig) -> Result<Outcome, HarnessError> {
     }
 }
 
+/// Returns igvmm's configuration for running `file` on the machine `config` describes, with no
+/// console.
+pub fn vmm_config(file: &[u8], config: &VmConfig) -> vmm::VmConfig {
+    let mut vm_config = vmm::VmConfig::new(GuestImage::Igvm(file.to_vec()));
+    vm_config.memory_bytes = config.memory;
+    vm_config.cpus = config.cpus;
+    vm_config.cmdline = config.cmdline.clone().unwrap_or_default();
+    vm_config
+}
+
 /// Returns the host description igvmm hands the loader for `config` and a file that places no
-/// pages outside RAM.
-///
-/// NOTE: igvmm builds this description inside `run_vm` and does not return it. This function
-/// repeats the composition in `vmm/src/runner.rs` (`load_native`) from the same public parts:
-/// the memory layout, the fixed MMIO range below the I/O APIC, and the ACPI tables from
-/// `devices::acpi`. A change there must be repeated here.
-pub fn host_description(config: &VmConfig) -> Result<HostDescription, Box<dyn std::error::Error>> {
-    let layout = MemoryLayout::new(config.memory)?;
-    let cpus = u16::try_from(config.cpus)?;
-    let ram: Vec<(u64, u64)> = layout
-        .ram()
-        .iter()
-        .map(|range| (range.start, range.len))
-        .collect();
-    Ok(HostDescription {
-        memory_map: layout.loader_memory_map(),
-        vp_count: config.cpus,
-        command_line: config.cmdline.clone().unwrap_or_default(),
-        mmio_ranges: vec![(LOW_RAM_END, IOAPIC_GPA - LOW_RAM_END)],
-        madt: devices::acpi::madt(cpus)?,
-        srat: devices::acpi::srat(cpus, &ram)?,
-        slit: devices::acpi::slit(),
-        pptt: devices::acpi::pptt(cpus)?,
-    })
+/// pages outside RAM ([`vmm::host_description`], which `run_vm` builds its own from).
+pub fn host_description(config: &VmConfig) -> Result<HostDescription, VmmError> {
+    vmm::host_description(
+        config.memory,
+        config.cpus,
+        config.cmdline.as_deref().unwrap_or_default(),
+    )
+}
+
+/// Guest physical address width for [`load`]: 48 bits, the width of x86-64 hosts with 4-level
+/// paging, which covers every GPA the test guests use.
+pub const LOAD_PHYS_BITS: u8 = 48;
+
+/// Loads `file` into guest memory for `config` as igvmm does before the first vCPU runs
+/// ([`vmm::load_guest`]), without creating a VM.
+pub fn load(file: &[u8], config: &VmConfig) -> Result<LoadedGuest, VmmError> {
+    vmm::load_guest(&vmm_config(file, config), LOAD_PHYS_BITS)
 }
 
 /// A fw_cfg file: name and contents.

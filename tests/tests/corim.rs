@@ -16,9 +16,9 @@ use igvm_loader::LoadOptions;
 use igvmm_tests::asm::{GuestAsm, Mode};
 use igvmm_tests::fw_cfg;
 use igvmm_tests::guest;
-use igvmm_tests::harness::{boot, debug_exit, fw_cfg_files, host_description, VmConfig};
+use igvmm_tests::harness::{boot, debug_exit, fw_cfg_files, host_description, load, VmConfig};
 use igvmm_tests::igvm_file::{self, IgvmBuilder};
-use igvmm_tests::layout::{GUEST_RAM, SCRATCH_GPA, VARS_GPA};
+use igvmm_tests::layout::{SCRATCH_GPA, VARS_GPA};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 const CORIM_FILE: &str = "opt/igvm/corim";
@@ -407,30 +407,26 @@ fn ram_contains_window(
 
 #[test]
 fn corim_not_in_guest_ram() {
-    // Guest memory as igvmm's native backend fills it before the first vCPU runs: the plan from
-    // the loader, written by `vmm::native::write_pages` into memory from `vmm::memory::allocate`.
+    // Guest memory as igvmm's native backend fills it before the first vCPU runs
+    // (`vmm::load_guest`, which `run_vm` calls).
     let document = corim_document(8 * 1024);
     let signature = cose_sign1_detached();
     let mut secret_bytes = windows(&document);
     secret_bytes.extend(windows(&signature));
     assert!(!document.windows(32).any(|w| w.iter().all(|&b| b == 0)));
 
-    let plan = plan_for(&file_with(
-        &reader_code(false),
-        Some(&document),
-        Some(&signature),
-    ));
-    let layout = vmm::memory::MemoryLayout::new(GUEST_RAM).unwrap();
-    let memory = vmm::memory::allocate(&layout, &[]).unwrap();
-    vmm::native::write_pages(&plan, &memory).unwrap();
+    let file = file_with(&reader_code(false), Some(&document), Some(&signature));
+    let guest = load(&file, &VmConfig::default()).unwrap();
+    assert_eq!(guest.plan.host_only.corim_document, Some(document.clone()));
+    let memory = &guest.memory;
 
     // The scan finds data that is there: the program's own first bytes.
     let program = reader_code(false);
     let program_head: HashSet<&[u8]> = std::iter::once(program.get(..32).unwrap()).collect();
     assert_eq!(
-        ram_contains_window(&memory, &program_head),
+        ram_contains_window(memory, &program_head),
         Some(igvmm_tests::layout::CODE_GPA)
     );
 
-    assert_eq!(ram_contains_window(&memory, &secret_bytes), None);
+    assert_eq!(ram_contains_window(memory, &secret_bytes), None);
 }

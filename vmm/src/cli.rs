@@ -224,9 +224,13 @@ pub struct PackArgs {
     /// The platform --corim applies to.
     #[arg(long, value_enum, requires = "corim")]
     pub corim_platform: Option<CorimPlatformArg>,
-    /// Generate a launch-measurement CoRIM for each measurable platform.
+    /// Generate a launch-measurement CoRIM for each measurable platform (sev-snp, tdx), with
+    /// igvmm's predicted measurement of a KVM launch with one vCPU as the reference value.
     #[arg(long, conflicts_with = "corim")]
     pub corim_auto: bool,
+    /// The security version number that the generated CoRIMs endorse.
+    #[arg(long, default_value_t = 0, requires = "corim_auto")]
+    pub corim_svn: u64,
 }
 
 /// `igvmm corim` subcommands.

@@ -3,6 +3,9 @@
 use std::io;
 use std::path::PathBuf;
 
+use igvm_loader::plan::{HeaderRef, Platform};
+
+use crate::coco::CocoError;
 use crate::console::ConsoleError;
 use crate::memory::MemoryError;
 use crate::regs::RegsError;
@@ -113,9 +116,30 @@ pub enum VmmError {
     /// A vCPU thread panicked.
     #[error("the thread of vCPU {0} panicked")]
     VcpuPanic(u32),
-    /// The user named a confidential platform that this build cannot launch.
-    #[error("{0} backend is not available in this build")]
-    PlatformUnavailable(&'static str),
+    /// A page of the guest image lands where it cannot be backed; the header that places it is
+    /// named.
+    #[error("{header}: {source}")]
+    ImagePage {
+        /// The PageData header.
+        header: HeaderRef,
+        /// Why the page cannot be backed.
+        #[source]
+        source: MemoryError,
+    },
+    /// The SEV-SNP or TDX backend failed, or the host lacks what it needs.
+    #[error(transparent)]
+    Coco(#[from] CocoError),
+    /// A caller's plan is for another platform than the one requested.
+    #[error("the plan is for the {plan} platform, but {requested} was requested")]
+    PlanPlatform {
+        /// The plan's platform.
+        plan: Platform,
+        /// The requested platform.
+        requested: Platform,
+    },
+    /// A CoRIM problem that `--strict-corim` turns into an error.
+    #[error("--strict-corim: {0}")]
+    Corim(String),
 }
 
 impl VmmError {

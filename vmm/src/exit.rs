@@ -10,6 +10,7 @@
 //! | 6 | triple fault (`KVM_EXIT_SHUTDOWN`) |
 //! | 8 | KVM could not run the guest (internal error, failed entry, unhandled exit) |
 //! | 10 | the user quit through the console (Ctrl-A x) or the library caller stopped the VM |
+//! | 12 | the SEV-SNP or TDX backend stopped the guest (termination request, fatal error, failed memory conversion) |
 //! | 130, 143 | SIGINT, SIGTERM |
 //!
 //! Debug-exit statuses are always odd and the others even, so a script can tell them apart.
@@ -31,6 +32,8 @@ pub const STATUS_TRIPLE_FAULT: u8 = 6;
 pub const STATUS_KVM_FAILURE: u8 = 8;
 /// Exit status of a stop requested by the user or the library caller.
 pub const STATUS_REQUESTED: u8 = 10;
+/// Exit status of a confidential guest that the SEV-SNP or TDX backend stopped.
+pub const STATUS_TERMINATED: u8 = 12;
 
 /// The access that requested a reset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +76,10 @@ pub enum StopReason {
     KvmFailure(Box<CrashReport>),
     /// The user or the caller stopped the VM.
     Requested(StopRequest),
+    /// The SEV-SNP or TDX backend stopped the guest: an SEV-SNP guest requested termination
+    /// (GHCB termination request), a TD reported a fatal error (TDVMCALL ReportFatalError), or a
+    /// memory conversion the guest needed failed. The text is the backend's description.
+    Terminated(String),
 }
 
 impl StopReason {
@@ -88,6 +95,7 @@ impl StopReason {
                 128u8.saturating_add(u8::try_from(*signal).unwrap_or(0))
             }
             StopReason::Requested(_) => STATUS_REQUESTED,
+            StopReason::Terminated(_) => STATUS_TERMINATED,
         }
     }
 
@@ -140,6 +148,7 @@ impl fmt::Display for StopReason {
             StopReason::Requested(StopRequest::Signal(signal)) => {
                 write!(f, "stopped by signal {}", signal_name(*signal))
             }
+            StopReason::Terminated(message) => write!(f, "confidential VM stopped: {message}"),
         }
     }
 }
@@ -168,9 +177,10 @@ mod tests {
             StopReason::Requested(StopRequest::Console),
             StopReason::Requested(StopRequest::Signal(libc::SIGINT)),
             StopReason::Requested(StopRequest::Signal(libc::SIGTERM)),
+            StopReason::Terminated("vCPU 0: the TD reported a fatal error".into()),
         ];
         let statuses: Vec<u8> = reasons.iter().map(StopReason::exit_status).collect();
-        assert_eq!(statuses, vec![0, 1, 0x21, 4, 10, 130, 143]);
+        assert_eq!(statuses, vec![0, 1, 0x21, 4, 10, 130, 143, 12]);
     }
 
     #[test]

@@ -30,8 +30,10 @@ use devices::i8042::{I8042, I8042_COMMAND_PORT, I8042_DATA_PORT};
 use devices::port92::{Port92, PORT92_PORT, PORT92_PORT_COUNT};
 use devices::serial::{Serial, COM1_IRQ, COM1_PORT_BASE, SERIAL_PORT_COUNT};
 use devices::{acpi, sp800155};
+use igvm_loader::corim::ReferenceMatch;
 use igvm_loader::host::MemoryKind;
-use igvm_loader::plan::HostOnlyData;
+use igvm_loader::measure::Measurement;
+use igvm_loader::plan::{HostOnlyData, Platform};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::config::EventStrings;
@@ -185,9 +187,10 @@ pub fn fw_cfg_files(config: &MachineConfig<'_>) -> Result<Vec<(String, Vec<u8>)>
 /// Returns the CoRIM files: the document, its signature, and the SP800-155 Event3 whose RIM
 /// locator embeds the signed CoRIM.
 ///
-/// A CoRIM that does not decode is a warning. So is an Event3 that cannot be built (a signature
-/// whose attached payload differs from the document, an event above 65,504 bytes), and the
-/// event is then left out. With `strict` both are errors.
+/// A CoRIM that does not decode (a document that is not CBOR tag 501, a signature that is not
+/// CBOR tag 18) is a warning. So is an Event3 that cannot be built (a signature whose attached
+/// payload differs from the document, an event above 65,504 bytes), and the event is then left
+/// out. With `strict` both are errors.
 pub fn corim_files(
     host_only: &HostOnlyData,
     event: &EventStrings,
@@ -197,20 +200,13 @@ pub fn corim_files(
         return Ok(Vec::new());
     };
     let signature = host_only.corim_signature.as_deref();
-    let problem = |message: String| -> Result<(), VmmError> {
-        if strict {
-            Err(VmmError::Device {
-                device: "the CoRIM fw_cfg files",
-                message,
-            })
-        } else {
-            log::warn!("{message}");
-            Ok(())
+    match igvm_loader::corim::inspect(document, signature) {
+        Ok(report) => {
+            for warning in &report.warnings {
+                log::info!("{warning}");
+            }
         }
-    };
-
-    if let Err(error) = igvm_loader::corim::inspect(document, signature) {
-        problem(format!("the CoRIM does not decode: {error}"))?;
+        Err(error) => corim_problem(format!("the CoRIM does not decode: {error}"), strict)?,
     }
     let mut files = vec![(CORIM_FILE.to_string(), document.clone())];
     if let Some(signature) = signature {
@@ -220,9 +216,10 @@ pub fn corim_files(
     let signed = match igvm_loader::corim::signed_corim_bytes(document, signature) {
         Ok(signed) => signed,
         Err(error) => {
-            problem(format!(
-                "no SP800-155 event: the signed CoRIM cannot be built: {error}"
-            ))?;
+            corim_problem(
+                format!("no SP800-155 event: the signed CoRIM cannot be built: {error}"),
+                strict,
+            )?;
             return Ok(files);
         }
     };
@@ -238,9 +235,47 @@ pub fn corim_files(
     };
     match sp800155::build_event3(&fields) {
         Ok(bytes) => files.push((sp800155::fw_cfg_file_name(0), bytes)),
-        Err(error) => problem(format!("no SP800-155 event: {error}"))?,
+        Err(error) => corim_problem(format!("no SP800-155 event: {error}"), strict)?,
     }
     Ok(files)
+}
+
+/// Compares the launch-measurement reference value of the CoRIM in `host_only` with
+/// `predicted`, igvmm's prediction for `platform`. A mismatch is a warning, or with `strict` an
+/// error. Returns the comparison, or `None` when there is no CoRIM or it does not decode, which
+/// [`corim_files`] reports.
+pub fn check_corim_reference(
+    host_only: &HostOnlyData,
+    platform: Platform,
+    predicted: &Measurement,
+    strict: bool,
+) -> Result<Option<ReferenceMatch>, VmmError> {
+    let Some(document) = &host_only.corim_document else {
+        return Ok(None);
+    };
+    let Ok(report) = igvm_loader::corim::inspect(document, host_only.corim_signature.as_deref())
+    else {
+        return Ok(None);
+    };
+    let comparison = report.compare(platform, &predicted.digest);
+    match &comparison {
+        ReferenceMatch::Match => log::info!("{comparison} ({})", predicted.digest_hex()),
+        ReferenceMatch::NoReference => log::info!("{comparison} ({platform})"),
+        ReferenceMatch::Mismatch { .. } => {
+            corim_problem(format!("{comparison} {}", predicted.digest_hex()), strict)?
+        }
+    }
+    Ok(Some(comparison))
+}
+
+/// Logs a CoRIM problem as a warning, or returns it as an error when `strict`.
+fn corim_problem(message: String, strict: bool) -> Result<(), VmmError> {
+    if strict {
+        Err(VmmError::Corim(message))
+    } else {
+        log::warn!("{message}");
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -22,6 +22,11 @@ pub const KVM_IDENTITY_MAP_GPA: u64 = 0xFEFF_C000;
 pub const KVM_TSS_GPA: u64 = 0xFEFF_D000;
 /// Length of KVM's private area (identity map page plus TSS pages), reserved in the memory map.
 pub const KVM_PRIVATE_AREA_SIZE: u64 = 0x4000;
+/// First byte of the firmware window: the 16 MiB below 4 GiB, where a PC maps its flash. Image
+/// pages outside guest RAM are accepted only there, as firmware.
+pub const FIRMWARE_WINDOW_START: u64 = 0xFF00_0000;
+/// First byte after the firmware window: 4 GiB.
+pub const FIRMWARE_WINDOW_END: u64 = 0x1_0000_0000;
 /// GPA of the I/O APIC registers, emulated by KVM's in-kernel irqchip.
 pub const IOAPIC_GPA: u64 = 0xFEC0_0000;
 /// GPA of the local APIC registers, emulated by KVM.
@@ -83,6 +88,16 @@ pub enum MemoryError {
         gpa: u64,
         /// The owner of the page.
         owner: &'static str,
+    },
+    /// A page of the guest image lies outside guest RAM and outside the firmware window.
+    #[error("the image places a page at GPA {gpa:#x}, outside guest RAM and outside the firmware window {start:#x}..{end:#x}; raise --memory if the page belongs in RAM")]
+    OutsideRam {
+        /// GPA of the page.
+        gpa: u64,
+        /// First byte of the firmware window.
+        start: u64,
+        /// First byte after the firmware window.
+        end: u64,
     },
     /// A page of the guest image lies beyond the guest physical address width.
     #[error("the image places a page at GPA {gpa:#x}, beyond the {bits}-bit guest physical address space")]
@@ -388,17 +403,18 @@ impl MemoryLayout {
         map
     }
 
-    /// Returns the ranges outside RAM that must be backed so that every page in `pages` (GPAs of
-    /// 4 KiB pages, in any order) lands in guest memory. Adjacent pages merge into one range.
-    ///
-    /// Pages inside KVM's private area or the APIC windows are rejected, because KVM owns them,
-    /// and so are pages beyond `phys_bits` of guest physical address space.
-    pub fn extra_backing(
-        &self,
-        pages: impl IntoIterator<Item = u64>,
-        phys_bits: u8,
-    ) -> Result<Vec<GpaRange>, MemoryError> {
+    /// Checks that the 4 KiB page at `page` can hold part of the guest image: it lies below
+    /// `1 << phys_bits`, outside KVM's private area and the APIC windows, which KVM owns, and
+    /// in guest RAM or the firmware window.
+    pub fn check_image_page(&self, page: u64, phys_bits: u8) -> Result<(), MemoryError> {
+        let page = page & !(PAGE_SIZE - 1);
         let limit = 1u64.checked_shl(u32::from(phys_bits)).unwrap_or(u64::MAX);
+        if page >= limit || page.saturating_add(PAGE_SIZE) > limit {
+            return Err(MemoryError::BeyondAddressWidth {
+                gpa: page,
+                bits: phys_bits,
+            });
+        }
         let owned = [
             (
                 GpaRange {
@@ -422,18 +438,32 @@ impl MemoryLayout {
                 "the local APIC registers",
             ),
         ];
+        if let Some((_, owner)) = owned.iter().find(|(range, _)| range.contains(page)) {
+            return Err(MemoryError::ReservedPage { gpa: page, owner });
+        }
+        if !self.is_ram(page) && !(FIRMWARE_WINDOW_START..FIRMWARE_WINDOW_END).contains(&page) {
+            return Err(MemoryError::OutsideRam {
+                gpa: page,
+                start: FIRMWARE_WINDOW_START,
+                end: FIRMWARE_WINDOW_END,
+            });
+        }
+        Ok(())
+    }
+
+    /// Returns the ranges outside RAM that must be backed so that every page in `pages` (GPAs of
+    /// 4 KiB pages, in any order) lands in guest memory. Adjacent pages merge into one range.
+    ///
+    /// Every page must pass [`MemoryLayout::check_image_page`].
+    pub fn extra_backing(
+        &self,
+        pages: impl IntoIterator<Item = u64>,
+        phys_bits: u8,
+    ) -> Result<Vec<GpaRange>, MemoryError> {
         let mut outside: Vec<u64> = Vec::new();
         for gpa in pages {
             let page = gpa & !(PAGE_SIZE - 1);
-            if page >= limit || page.saturating_add(PAGE_SIZE) > limit {
-                return Err(MemoryError::BeyondAddressWidth {
-                    gpa: page,
-                    bits: phys_bits,
-                });
-            }
-            if let Some((_, owner)) = owned.iter().find(|(range, _)| range.contains(page)) {
-                return Err(MemoryError::ReservedPage { gpa: page, owner });
-            }
+            self.check_image_page(page, phys_bits)?;
             if !self.is_ram(page) {
                 outside.push(page);
             }
@@ -590,7 +620,7 @@ mod tests {
         let layout = MemoryLayout::new(64 << 20).unwrap();
         let pages = (0..32u64).map(|i| 0xFFFE_0000 + i * PAGE_SIZE).chain([
             0x1000,
-            0x8000_0000,
+            0xFF00_0000,
             0xFFFE_0000,
         ]);
         let extra = layout.extra_backing(pages, 48).unwrap();
@@ -598,7 +628,7 @@ mod tests {
             extra,
             vec![
                 GpaRange {
-                    start: 0x8000_0000,
+                    start: 0xFF00_0000,
                     len: PAGE_SIZE
                 },
                 GpaRange {
@@ -607,6 +637,21 @@ mod tests {
                 }
             ]
         );
+    }
+
+    #[test]
+    fn extra_backing_rejects_pages_outside_window() {
+        let layout = MemoryLayout::new(64 << 20).unwrap();
+        for gpa in [0x8000_0000, 0x100_0000_0000, 0xFEF0_0000] {
+            assert_eq!(
+                layout.extra_backing([gpa], 48),
+                Err(MemoryError::OutsideRam {
+                    gpa,
+                    start: FIRMWARE_WINDOW_START,
+                    end: FIRMWARE_WINDOW_END,
+                })
+            );
+        }
     }
 
     #[test]

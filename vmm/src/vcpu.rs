@@ -7,6 +7,12 @@
 //! KVM internal errors and failed entries stop it with a crash report. When the coordinator
 //! kicks the thread out of `KVM_RUN` (`EINTR`), the thread answers a pending halt sample and
 //! goes back in, unless the VM is stopping.
+//!
+//! An SEV-SNP or TDX guest also produces exits that only its backend understands: memory faults
+//! (implicit private/shared conversions), `KVM_HC_MAP_GPA_RANGE` hypercalls, termination and
+//! fatal-error system events, and `KVM_EXIT_TDX` (40), which kvm-ioctls reports as
+//! `VcpuExit::Unsupported`. The loop hands those to the VM's [`CocoExits`] handler first. A native
+//! VM has no handler, and those exits stop it with a crash report.
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -20,6 +26,7 @@ use kvm_bindings::{
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
+use crate::coco::{CocoExits, ExitAction};
 use crate::control::{StopHandle, VcpuActivity, VcpuRunState};
 use crate::error::VmmError;
 use crate::exit::{ResetSource, StopReason};
@@ -60,6 +67,8 @@ pub(crate) struct VcpuRunner {
     pub run_size: usize,
     /// CPU features for crash reports.
     pub paging: PagingFeatures,
+    /// The SEV-SNP or TDX exit handler; `None` for a native VM.
+    pub coco: Option<Arc<dyn CocoExits>>,
 }
 
 /// The next step after an exit.
@@ -73,6 +82,7 @@ enum Flow {
 }
 
 /// An exit with its borrowed data already handled or copied out.
+#[derive(Debug, PartialEq)]
 enum Exit {
     /// Port I/O; the data is still in `kvm_run`.
     Io,
@@ -100,6 +110,10 @@ enum Exit {
     },
     /// `KVM_EXIT_SYSTEM_EVENT`.
     SystemEvent(u32),
+    /// A confidential-VM exit that the platform's handler finished.
+    Handled,
+    /// The platform's handler stopped the VM, for the reason in the text.
+    Terminated(String),
     /// Any other exit, described.
     Other(String),
 }
@@ -117,8 +131,13 @@ impl VcpuRunner {
         log::debug!("vCPU {} started", self.index);
         while !self.stop.is_stopping() {
             let flow = match self.fd.run() {
+                Ok(VcpuExit::Unsupported(reason)) => {
+                    let coco = self.coco.as_deref();
+                    let exit = route_unsupported(coco, self.index, reason, self.fd.get_kvm_run());
+                    self.handle(exit)
+                }
                 Ok(exit) => {
-                    let exit = classify(exit, &self.mmio_bus);
+                    let exit = classify(exit, &self.mmio_bus, self.coco.as_deref(), self.index);
                     self.handle(exit)
                 }
                 Err(error) if error.errno() == libc::EINTR || error.errno() == libc::EAGAIN => {
@@ -193,6 +212,11 @@ impl VcpuRunner {
                     self.crash_report(format!("KVM_EXIT_SYSTEM_EVENT type {kind}"), Vec::new());
                 Flow::Stop(StopReason::KvmFailure(Box::new(report)))
             }
+            Exit::Handled => {
+                self.activity.count_exit();
+                Flow::Continue
+            }
+            Exit::Terminated(message) => Flow::Stop(StopReason::Terminated(message)),
             Exit::Other(description) => {
                 let report = self.crash_report(format!("unhandled exit {description}"), Vec::new());
                 Flow::Stop(StopReason::KvmFailure(Box::new(report)))
@@ -373,8 +397,10 @@ fn device_flow(action: DeviceAction, source: ResetSource) -> Flow {
     }
 }
 
-/// Copies what is needed out of a borrowed exit, finishing MMIO on the spot.
-fn classify(exit: VcpuExit<'_>, mmio_bus: &Bus) -> Exit {
+/// Copies what is needed out of a borrowed exit, finishing MMIO on the spot. `coco` is the
+/// SEV-SNP or TDX handler of vCPU `vcpu`; it gets memory faults, hypercalls and system events
+/// before they count as unhandled.
+fn classify(exit: VcpuExit<'_>, mmio_bus: &Bus, coco: Option<&dyn CocoExits>, vcpu: u32) -> Exit {
     match exit {
         VcpuExit::IoIn(..) | VcpuExit::IoOut(..) => Exit::Io,
         VcpuExit::MmioRead(address, data) => {
@@ -401,10 +427,330 @@ fn classify(exit: VcpuExit<'_>, mmio_bus: &Bus) -> Exit {
         VcpuExit::Shutdown => Exit::Shutdown,
         VcpuExit::InternalError => Exit::InternalError,
         VcpuExit::FailEntry(reason, cpu) => Exit::FailEntry { reason, cpu },
-        VcpuExit::SystemEvent(kind, _) => Exit::SystemEvent(kind),
-        VcpuExit::MemoryFault { flags, gpa, size } => Exit::Other(format!(
-            "KVM_EXIT_MEMORY_FAULT at GPA {gpa:#x}, {size:#x} bytes, flags {flags:#x}"
-        )),
+        VcpuExit::SystemEvent(kind, data) => {
+            let action = coco.map_or(ExitAction::NotHandled, |handler| {
+                handler.system_event(vcpu, kind, data)
+            });
+            from_action(action, Exit::SystemEvent(kind))
+        }
+        VcpuExit::MemoryFault { flags, gpa, size } => {
+            let action = coco.map_or(ExitAction::NotHandled, |handler| {
+                handler.memory_fault(vcpu, flags, gpa, size)
+            });
+            from_action(
+                action,
+                Exit::Other(format!(
+                    "KVM_EXIT_MEMORY_FAULT at GPA {gpa:#x}, {size:#x} bytes, flags {flags:#x}"
+                )),
+            )
+        }
+        VcpuExit::Hypercall(hypercall) => {
+            let result =
+                coco.and_then(|handler| handler.hypercall(vcpu, hypercall.nr, &hypercall.args));
+            match result {
+                Some(ret) => {
+                    log::debug!(
+                        "vCPU {vcpu}: hypercall {} {:#x?} returned {ret:#x}",
+                        hypercall.nr,
+                        hypercall.args
+                    );
+                    *hypercall.ret = ret;
+                    Exit::Handled
+                }
+                None => Exit::Other(format!("{:?}", VcpuExit::Hypercall(hypercall))),
+            }
+        }
         other => Exit::Other(format!("{other:?}")),
+    }
+}
+
+/// Hands an exit that kvm-ioctls does not decode (`KVM_EXIT_TDX` among them) to the SEV-SNP or
+/// TDX handler, which reads and fills `run`.
+fn route_unsupported(
+    coco: Option<&dyn CocoExits>,
+    vcpu: u32,
+    reason: u32,
+    run: &mut kvm_run,
+) -> Exit {
+    let action = coco.map_or(ExitAction::NotHandled, |handler| {
+        handler.unsupported_exit(vcpu, reason, run)
+    });
+    from_action(
+        action,
+        Exit::Other(format!("{:?}", VcpuExit::Unsupported(reason))),
+    )
+}
+
+/// Turns a confidential-VM handler's decision into an exit; `unhandled` is the exit when the
+/// handler did not take it.
+fn from_action(action: ExitAction, unhandled: Exit) -> Exit {
+    match action {
+        ExitAction::Resume => Exit::Handled,
+        ExitAction::Stop(message) => Exit::Terminated(message),
+        ExitAction::NotHandled => unhandled,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+mod tests {
+    use std::sync::Mutex;
+
+    use kvm_bindings::{KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
+    use kvm_ioctls::HypercallExit;
+
+    use super::*;
+    use crate::coco::ffi::{
+        KVM_EXIT_TDX, KVM_HC_MAP_GPA_RANGE, KVM_SYSTEM_EVENT_SEV_TERM,
+        TDVMCALL_GET_TD_VM_CALL_INFO, TDVMCALL_STATUS_SUCCESS,
+    };
+    use crate::coco::memory::{ConversionExits, GuestRange, PrivateMemoryOps};
+    use crate::coco::tdx::{read_tdx_exit, write_tdx_exit, TdxExits};
+    use crate::coco::CocoError;
+
+    /// A handler that records every call and returns the configured results.
+    struct FakeExits {
+        calls: Mutex<Vec<String>>,
+        action: ExitAction,
+        hypercall_ret: Option<u64>,
+    }
+
+    impl FakeExits {
+        fn new(action: ExitAction, hypercall_ret: Option<u64>) -> Self {
+            Self {
+                calls: Mutex::new(Vec::new()),
+                action,
+                hypercall_ret,
+            }
+        }
+
+        fn calls(&self) -> Vec<String> {
+            self.calls.lock().unwrap().clone()
+        }
+    }
+
+    impl CocoExits for FakeExits {
+        fn memory_fault(&self, vcpu: u32, flags: u64, gpa: u64, size: u64) -> ExitAction {
+            self.calls.lock().unwrap().push(format!(
+                "memory_fault vcpu {vcpu} flags {flags:#x} gpa {gpa:#x} size {size:#x}"
+            ));
+            self.action.clone()
+        }
+
+        fn hypercall(&self, vcpu: u32, nr: u64, args: &[u64; 6]) -> Option<u64> {
+            self.calls
+                .lock()
+                .unwrap()
+                .push(format!("hypercall vcpu {vcpu} nr {nr} args {args:x?}"));
+            self.hypercall_ret
+        }
+
+        fn system_event(&self, vcpu: u32, event_type: u32, data: &[u64]) -> ExitAction {
+            self.calls.lock().unwrap().push(format!(
+                "system_event vcpu {vcpu} type {event_type} data {data:x?}"
+            ));
+            self.action.clone()
+        }
+
+        fn unsupported_exit(&self, vcpu: u32, reason: u32, run: &mut kvm_run) -> ExitAction {
+            self.calls
+                .lock()
+                .unwrap()
+                .push(format!("unsupported_exit vcpu {vcpu} reason {reason}"));
+            run.exit_reason = 0xAB;
+            self.action.clone()
+        }
+    }
+
+    #[test]
+    fn memory_fault_goes_to_handler() {
+        let bus = Bus::new();
+        let fake = FakeExits::new(ExitAction::Resume, None);
+        let exit = VcpuExit::MemoryFault {
+            flags: 8,
+            gpa: 0x1000,
+            size: 0x2000,
+        };
+        assert_eq!(classify(exit, &bus, Some(&fake), 2), Exit::Handled);
+        assert_eq!(
+            fake.calls(),
+            ["memory_fault vcpu 2 flags 0x8 gpa 0x1000 size 0x2000"]
+        );
+
+        let failing = FakeExits::new(ExitAction::Stop("cannot convert".into()), None);
+        let exit = VcpuExit::MemoryFault {
+            flags: 0,
+            gpa: 0x3000,
+            size: 0x1000,
+        };
+        assert_eq!(
+            classify(exit, &bus, Some(&failing), 0),
+            Exit::Terminated("cannot convert".into())
+        );
+    }
+
+    #[test]
+    fn memory_fault_without_handler_is_unhandled() {
+        let exit = VcpuExit::MemoryFault {
+            flags: 8,
+            gpa: 0x1000,
+            size: 0x2000,
+        };
+        assert_eq!(
+            classify(exit, &Bus::new(), None, 0),
+            Exit::Other("KVM_EXIT_MEMORY_FAULT at GPA 0x1000, 0x2000 bytes, flags 0x8".to_string())
+        );
+    }
+
+    #[test]
+    fn hypercall_result_reaches_kvm_run() {
+        let bus = Bus::new();
+        let fake = FakeExits::new(ExitAction::NotHandled, Some(0));
+        let mut ret = 0xDEAD;
+        let exit = VcpuExit::Hypercall(HypercallExit {
+            nr: KVM_HC_MAP_GPA_RANGE,
+            args: [0x8000, 4, 0x10, 0, 0, 0],
+            ret: &mut ret,
+            longmode: 1,
+        });
+        assert_eq!(classify(exit, &bus, Some(&fake), 1), Exit::Handled);
+        assert_eq!(ret, 0);
+        assert_eq!(
+            fake.calls(),
+            ["hypercall vcpu 1 nr 12 args [8000, 4, 10, 0, 0, 0]"]
+        );
+
+        // A hypercall the handler does not know, and any hypercall on a native VM, stays
+        // unhandled and leaves `ret` alone.
+        let unknown = FakeExits::new(ExitAction::NotHandled, None);
+        for coco in [Some(&unknown as &dyn CocoExits), None] {
+            let mut ret = 0xDEAD;
+            let exit = VcpuExit::Hypercall(HypercallExit {
+                nr: 99,
+                args: [0; 6],
+                ret: &mut ret,
+                longmode: 1,
+            });
+            let Exit::Other(description) = classify(exit, &bus, coco, 0) else {
+                panic!("an unknown hypercall must stay unhandled");
+            };
+            assert!(description.starts_with("Hypercall("), "{description}");
+            assert_eq!(ret, 0xDEAD);
+        }
+    }
+
+    #[test]
+    fn system_events_go_to_handler_first() {
+        let bus = Bus::new();
+        let stopping = FakeExits::new(
+            ExitAction::Stop("the SEV-SNP guest requested termination".into()),
+            None,
+        );
+        let data = [0x3_1000u64];
+        assert_eq!(
+            classify(
+                VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_SEV_TERM, &data),
+                &bus,
+                Some(&stopping),
+                0
+            ),
+            Exit::Terminated("the SEV-SNP guest requested termination".into())
+        );
+        assert_eq!(
+            stopping.calls(),
+            ["system_event vcpu 0 type 6 data [31000]"]
+        );
+
+        // Events the handler does not take keep their generic meaning.
+        let passing = FakeExits::new(ExitAction::NotHandled, None);
+        assert_eq!(
+            classify(
+                VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_RESET, &[]),
+                &bus,
+                Some(&passing),
+                0
+            ),
+            Exit::SystemEvent(KVM_SYSTEM_EVENT_RESET)
+        );
+        assert_eq!(
+            classify(
+                VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_SHUTDOWN, &[]),
+                &bus,
+                None,
+                0
+            ),
+            Exit::SystemEvent(KVM_SYSTEM_EVENT_SHUTDOWN)
+        );
+    }
+
+    #[test]
+    fn unsupported_exit_gets_kvm_run() {
+        let fake = FakeExits::new(ExitAction::Resume, None);
+        let mut run = kvm_run::default();
+        assert_eq!(
+            route_unsupported(Some(&fake), 3, KVM_EXIT_TDX, &mut run),
+            Exit::Handled
+        );
+        assert_eq!(run.exit_reason, 0xAB);
+        assert_eq!(fake.calls(), ["unsupported_exit vcpu 3 reason 40"]);
+
+        let mut run = kvm_run::default();
+        assert_eq!(
+            route_unsupported(None, 0, KVM_EXIT_TDX, &mut run),
+            Exit::Other("Unsupported(40)".into())
+        );
+        assert_eq!(run.exit_reason, 0);
+    }
+
+    /// Private-memory operations that a TDVMCALL never reaches.
+    struct NoMemory;
+
+    impl PrivateMemoryOps for NoMemory {
+        fn set_memory_attributes(&self, gpa: u64, size: u64, _: u64) -> Result<(), CocoError> {
+            Err(CocoError::OutsideMemory { gpa, size })
+        }
+
+        fn discard_private(&self, gpa: u64, size: u64) -> Result<(), CocoError> {
+            Err(CocoError::OutsideMemory { gpa, size })
+        }
+
+        fn discard_shared(&self, gpa: u64, size: u64) -> Result<(), CocoError> {
+            Err(CocoError::OutsideMemory { gpa, size })
+        }
+    }
+
+    #[test]
+    fn tdx_tdvmcall_result_in_kvm_run() {
+        // The TDX backend's own handler, reached through the loop's routing: GetTdVmCallInfo
+        // leaf 1 succeeds, and its result is written to the `tdx` member of `kvm_run`.
+        let exits = TdxExits::new(
+            ConversionExits {
+                memory: NoMemory,
+                ranges: vec![GuestRange {
+                    gpa: 0,
+                    size: 0x1000_0000,
+                }],
+            },
+            None,
+        );
+        let mut run = kvm_run::default();
+        let mut request = read_tdx_exit(&run);
+        request.nr = TDVMCALL_GET_TD_VM_CALL_INFO;
+        request.args = [0xFFFF, 1, 0, 0, 0, 0];
+        write_tdx_exit(&mut run, &request);
+
+        assert_eq!(
+            route_unsupported(Some(&exits), 0, KVM_EXIT_TDX, &mut run),
+            Exit::Handled
+        );
+        let answer = read_tdx_exit(&run);
+        assert_eq!(answer.args[0], TDVMCALL_STATUS_SUCCESS);
+        assert_eq!(answer.args[1], 1);
+
+        // Another unsupported exit reason is not the TDX backend's.
+        assert_eq!(
+            route_unsupported(Some(&exits), 0, 41, &mut run),
+            Exit::Other("Unsupported(41)".into())
+        );
     }
 }

@@ -35,8 +35,8 @@ const MAX_XAPIC_VCPUS: u32 = 255;
 pub struct Vm {
     /// The KVM system handle.
     kvm: Kvm,
-    /// The VM.
-    fd: VmFd,
+    /// The VM, shared with the backend of a confidential VM.
+    fd: Arc<VmFd>,
     /// Guest memory, mapped into the VM.
     memory: GuestMemoryMmap,
     /// KVM_GET_SUPPORTED_CPUID.
@@ -78,14 +78,8 @@ impl Vm {
             .map_err(|error| VmmError::kvm("KVM_SET_TSS_ADDR", error))?;
         fd.set_identity_map_address(KVM_IDENTITY_MAP_GPA)
             .map_err(|error| VmmError::kvm("KVM_SET_IDENTITY_MAP_ADDR", error))?;
-        fd.create_irq_chip()
-            .map_err(|error| VmmError::kvm("KVM_CREATE_IRQCHIP", error))?;
-        let pit = kvm_pit_config {
-            flags: KVM_PIT_SPEAKER_DUMMY,
-            ..Default::default()
-        };
-        fd.create_pit2(pit)
-            .map_err(|error| VmmError::kvm("KVM_CREATE_PIT2", error))?;
+        create_irqchip_and_pit(&fd)
+            .map_err(|(operation, error)| VmmError::kvm(operation, error))?;
 
         for (slot, region) in memory.iter().enumerate() {
             let host = region
@@ -115,6 +109,25 @@ impl Vm {
             })?;
         }
 
+        Ok(Self {
+            kvm,
+            fd: Arc::new(fd),
+            memory,
+            supported_cpuid,
+            io_bus: Bus::new(),
+            mmio_bus: Bus::new(),
+        })
+    }
+
+    /// Wraps a launched SEV-SNP or TDX VM, whose backend created the VM, its memory slots and
+    /// its interrupt controllers, so that the devices and vCPU threads can use it. `memory` is
+    /// the shared half of guest memory.
+    pub fn from_confidential(
+        kvm: Kvm,
+        fd: Arc<VmFd>,
+        memory: GuestMemoryMmap,
+    ) -> Result<Self, VmmError> {
+        let supported_cpuid = supported_cpuid(&kvm)?;
         Ok(Self {
             kvm,
             fd,
@@ -184,6 +197,19 @@ impl Vm {
             Arc::new(self.mmio_bus.clone()),
         )
     }
+}
+
+/// Creates the in-kernel irqchip (PIC, I/O APIC, local APICs) and the PIT. Returns the failing
+/// ioctl with its error.
+pub fn create_irqchip_and_pit(fd: &VmFd) -> Result<(), (&'static str, kvm_ioctls::Error)> {
+    fd.create_irq_chip()
+        .map_err(|error| ("KVM_CREATE_IRQCHIP", error))?;
+    let pit = kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
+    fd.create_pit2(pit)
+        .map_err(|error| ("KVM_CREATE_PIT2", error))
 }
 
 /// Sets the delivery mode of an LVT register in a `kvm_lapic_state` page, keeping its other

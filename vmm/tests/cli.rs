@@ -149,6 +149,61 @@ fn inspect_reads_every_conformance_file() {
         .collect();
     assert_eq!(types, ["sev-snp", "native"]);
     assert_eq!(value["vp_contexts"][0]["entry"], 0x10002);
+    let predictions: Vec<(&str, &str, &str)> = value["predicted_measurements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| {
+            (
+                entry["platform"].as_str().unwrap(),
+                entry["kind"].as_str().unwrap(),
+                entry["digest"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        predictions,
+        [
+            ("sev-snp", "kvm-launch", "AA9169F94BC32C746EEA672387446948B52662E59A0035E73F005CD8FDDBD1CB5FD33D9326A11671E56687D75BB5EF03"),
+            ("sev-snp", "file", "583EBEC47ED943C6D6BF1D787F63776BFB15B1573E3B06013B2EBC77D8CF2BAD2038648B9A5F37C1D51EACD64C92C1F8"),
+        ]
+    );
+}
+
+#[test]
+fn inspect_prints_tdx_digest() {
+    // The MRTD of tiny-tdp-synthetic.igvm under the igvm 0.5 rule (igvm 0.5 computes the same).
+    const TDP_MRTD: &str = "86B13FD8548F38F4895E1AC6292C35588E272B294A2E8C0393043F963C9705CD5D20B5126279F31EA908793DA09EBA3F";
+    let file = conformance_dir().join("tiny-tdp-synthetic.igvm");
+    let text = igvmm(&["inspect", file.to_str().unwrap()]);
+    assert_eq!(text.status.code(), Some(0), "{}", stderr(&text));
+    let expected = format!("predicted measurements (1 vCPU):\n  tdx      mrtd        {TDP_MRTD}\n");
+    assert!(
+        stdout(&text).contains(&expected),
+        "missing {expected:?} in:\n{}",
+        stdout(&text)
+    );
+
+    let json = igvmm(&["inspect", "--json", file.to_str().unwrap()]);
+    let value: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(
+        value["predicted_measurements"],
+        serde_json::json!([{
+            "platform": "tdx",
+            "kind": "mrtd",
+            "digest": TDP_MRTD,
+            "error": null,
+        }])
+    );
+
+    // A platform whose prediction fails names the reason instead of a digest.
+    let hyperv = conformance_dir().join("tiny-native-snp-hyperv-policy.igvm");
+    let text = stdout(&igvmm(&["inspect", hyperv.to_str().unwrap()]));
+    assert!(
+        text.contains("  sev-snp  kvm-launch  unavailable: SnpVpContext header"),
+        "{text}"
+    );
+    assert!(text.contains("  sev-snp  file        9AEFA1E053B32D9B3BEE7B2163F03EFDBDD4B0E9A0EB3C36D1C57D0163B1B57F69D077880C7C135548B7B11518189902\n"), "{text}");
 }
 
 #[test]
@@ -225,6 +280,37 @@ fn triple_fault_report_from_cli() {
     );
     assert!(text.lines().any(|line| line.trim()
         == "PDPTE maps a 1 GiB page, but this KVM does not offer 1 GiB pages (CPUID 0x80000001 EDX bit 26)"));
+}
+
+#[test]
+fn coco_option_values_are_checked() {
+    let output = igvmm(&["run", "--demo", "--host-data", "abcd"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(
+        stderr(&output),
+        "igvmm: --host-data: 2 bytes given; expected 32 bytes (64 hexadecimal digits)\n"
+    );
+    let output = igvmm(&["run", "--demo", "--mrowner", "xyz"]);
+    assert_eq!(output.status.code(), Some(1));
+    let text = stderr(&output);
+    assert!(text.starts_with("igvmm: --mrowner: "), "{text}");
+    assert_eq!(text.lines().count(), 1, "{text}");
+}
+
+#[test]
+fn coco_options_warn_on_native_launch() {
+    if !kvm_available("coco_options_warn_on_native_launch") {
+        return;
+    }
+    let mrowner = "00".repeat(48);
+    let output = igvmm(&["run", "--demo", "--mrowner", &mrowner, "--strict-cpuid"]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let text = stderr(&output);
+    for option in ["--strict-cpuid", "--mrowner"] {
+        let warning = format!("{option} does not apply to a native launch and is ignored");
+        assert!(text.contains(&warning), "missing {warning:?} in {text}");
+    }
+    assert!(!text.contains("--host-data"), "{text}");
 }
 
 #[test]

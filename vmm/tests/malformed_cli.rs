@@ -1,8 +1,8 @@
 //! `igvmm run` and `igvmm inspect` on malformed IGVM files and bad paths.
 //!
-//! Each case writes a file built here from a valid native file (written with the igvm crate),
-//! runs the `igvmm` binary on it, and checks the user-visible result: a non-zero exit status,
-//! exactly one line on stderr that names the problem, and nothing on stdout, so no guest ran.
+//! Each case writes a file, built here from a valid native file that the igvm crate writes, and
+//! runs the `igvmm` binary on it. The user-visible result must be a non-zero exit status, exactly
+//! one line on stderr that names the problem, and nothing on stdout, so no guest ran.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
@@ -186,7 +186,7 @@ fn edited(edit: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
     file
 }
 
-/// One bad input and what the user must be told.
+/// One bad input and the error message expected for it.
 struct Case {
     name: &'static str,
     /// What to pass as the file argument.
@@ -306,18 +306,17 @@ fn cases() -> Vec<Case> {
             &[],
             "PageData header 0x302 at directive index 6",
         ),
-        // The error names the GPA; `firmware_page_errors_name_the_header` asks for the header.
         run_only(
             "page on the local APIC page",
             file_with(vec![page(0xFEE0_0000, b"apic".to_vec())]),
             &[],
-            "0xfee00000",
+            "PageData header 0x302 at directive index 6",
         ),
         run_only(
             "page beyond the physical address width",
             file_with(vec![page(1 << 52, b"far".to_vec())]),
             &[],
-            "0x10000000000000",
+            "PageData header 0x302 at directive index 6",
         ),
         run_only(
             "parameter insert on the local APIC page",
@@ -503,9 +502,9 @@ fn malformed_files_are_rejected_on_one_line() {
 }
 
 /// `run` backs pages outside RAM (a firmware image below 4 GiB) with extra memory, and rejects
-/// a page that lands on a page KVM owns or beyond the guest physical address width. That
-/// error names the GPA but not the PageData header that placed the page, unlike the loader's
-/// errors.
+/// a page that lands on a page KVM owns or beyond the guest physical address width. That error
+/// must name the PageData header that placed the page, as the loader's errors do, not only the
+/// GPA.
 #[test]
 fn firmware_page_errors_name_the_header() {
     let dir = scratch_dir();
@@ -524,4 +523,40 @@ fn firmware_page_errors_name_the_header() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// `inspect` whose stdout cannot be written (a closed pipe, a full disk; /dev/full here) must
+/// fail with one error line, not a panic from `print!`.
+#[test]
+fn inspect_with_unwritable_stdout_fails_cleanly() {
+    let dev_full = Path::new("/dev/full");
+    if !dev_full.exists() {
+        println!("skipped: this system has no /dev/full");
+        return;
+    }
+    let dir = scratch_dir();
+    let path = dir.join("valid-for-dev-full.igvm");
+    std::fs::write(&path, base_file()).unwrap();
+    let stdout = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dev_full)
+        .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_igvmm"))
+        .args(["inspect", path.to_str().unwrap()])
+        .env_remove("RUST_LOG")
+        .env_remove("RUST_BACKTRACE")
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(Stdio::piped())
+        .output()
+        .expect("igvmm starts");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "igvmm panicked: {stderr}");
+    assert_eq!(stderr.lines().count(), 1, "stderr: {stderr:?}");
+    assert_ne!(output.status.code(), Some(0));
+    assert_ne!(
+        output.status.code(),
+        Some(101),
+        "101 is the exit status of a panic"
+    );
 }

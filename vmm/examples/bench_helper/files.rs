@@ -13,7 +13,7 @@ const SNP_MASK: u32 = 0x1;
 const TDX_MASK: u32 = 0x4;
 /// First GPA of the page data.
 const DATA_GPA: u64 = 0x10_0000;
-/// GPA of the page that holds the reset vector.
+/// GPA of the page that contains the reset vector.
 const RESET_PAGE_GPA: u64 = 0xFFFF_F000;
 /// SEV-SNP guest policy: SMT allowed, bit 17 (reserved, must be 1) set.
 const SNP_POLICY: u64 = 0x3_0000;
@@ -101,7 +101,10 @@ impl FreshMapping {
             )
         };
         if address == libc::MAP_FAILED {
-            return Err(format!("mmap of {len} bytes failed: {}", std::io::Error::last_os_error()));
+            return Err(format!(
+                "mmap of {len} bytes failed: {}",
+                std::io::Error::last_os_error()
+            ));
         }
         Ok(Self {
             address: address.cast(),
@@ -117,9 +120,10 @@ impl Drop for FreshMapping {
     }
 }
 
-/// Returns the TSC frequency in Hz and where it came from: CPUID leaf 0x15 (crystal clock
-/// times the TSC ratio), then leaf 0x16 (base frequency in MHz), then the `cpu MHz` line of
-/// /proc/cpuinfo, which Linux reports as the TSC frequency when the CPU has `tsc_known_freq`.
+/// Returns the TSC frequency in Hz and its source. The sources, in order: CPUID leaf 0x15
+/// (crystal clock times the TSC ratio), leaf 0x16 (base frequency in MHz), and the `cpu MHz`
+/// line of /proc/cpuinfo. Linux reports the TSC frequency there when the CPU has the
+/// `tsc_known_freq` flag.
 pub fn tsc_hz() -> Result<(f64, String), String> {
     let max_leaf = std::arch::x86_64::__cpuid(0).eax;
     if max_leaf >= 0x15 {
@@ -142,7 +146,14 @@ pub fn tsc_hz() -> Result<(f64, String), String> {
     });
     let mhz: f64 = cpuinfo
         .lines()
-        .find_map(|line| line.strip_prefix("cpu MHz")?.split(':').nth(1)?.trim().parse().ok())
+        .find_map(|line| {
+            line.strip_prefix("cpu MHz")?
+                .split(':')
+                .nth(1)?
+                .trim()
+                .parse()
+                .ok()
+        })
         .ok_or("CPUID leaves 0x15 and 0x16 are empty and /proc/cpuinfo has no cpu MHz line")?;
     let source = if known {
         "host /proc/cpuinfo cpu MHz (flag tsc_known_freq; CPUID 0x15 and 0x16 are empty)"

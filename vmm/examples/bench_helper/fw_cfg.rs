@@ -33,10 +33,10 @@ const RAM_BYTES: u64 = 512 << 20;
 const PIO_GPA: u32 = 0x2_0000;
 /// Destination of the DMA transfers.
 const DMA_GPA: u32 = 0x100_0000;
-/// Longest run before the loop gives up.
+/// Maximum run time before the loop gives up.
 const TIMEOUT: Duration = Duration::from_secs(120);
 
-/// What one run measured, in guest TSC cycles.
+/// Timings of one run, in guest TSC cycles.
 #[derive(Debug, Clone, Copy)]
 pub struct FwCfgRun {
     /// Port reads of `pio_bytes`.
@@ -65,11 +65,13 @@ pub fn pattern(len: usize) -> Vec<u8> {
     bytes
 }
 
-/// Runs the fw_cfg guest with a file of `dma_bytes` and returns its timings.
-pub fn run(dma_bytes: u32, pio_bytes: u32) -> Result<FwCfgRun, String> {
-    let error = |what: &str| {
-        let what = what.to_string();
-        move |error: vmm::VmmError| format!("{what}: {error}")
+/// Runs the fw_cfg guest with a file of `dma_bytes` and returns its timings. With `huge_pages`
+/// guest RAM is advised with `MADV_HUGEPAGE` first, which igvmm does not do: it shows what
+/// transparent huge pages would change.
+pub fn run(dma_bytes: u32, pio_bytes: u32, huge_pages: bool) -> Result<FwCfgRun, String> {
+    let error = |context: &str| {
+        let context = context.to_string();
+        move |error: vmm::VmmError| format!("{context}: {error}")
     };
     let layout = MemoryLayout::new(RAM_BYTES).map_err(|e| format!("memory layout: {e}"))?;
     let image_gpa = guests::IMAGE_END - guests::IMAGE_SIZE as u64;
@@ -79,6 +81,9 @@ pub fn run(dma_bytes: u32, pio_bytes: u32) -> Result<FwCfgRun, String> {
     }];
     let guest_memory =
         memory::allocate(&layout, &extra).map_err(|e| format!("guest memory: {e}"))?;
+    if huge_pages {
+        advise_huge_pages(&guest_memory)?;
+    }
     let kvm = vm::open_kvm().map_err(error("opening KVM"))?;
     let mut vm = Vm::new(kvm, guest_memory).map_err(error("creating the VM"))?;
 
@@ -151,11 +156,16 @@ pub fn run(dma_bytes: u32, pio_bytes: u32) -> Result<FwCfgRun, String> {
     let elapsed = start.elapsed();
 
     let text = debugcon.text();
-    let copied = check_copy(&vm, PIO_GPA, file.get(..pio_bytes as usize).unwrap_or_default())
-        .and_then(|()| check_copy(&vm, DMA_GPA, &file));
+    let copied = check_copy(
+        &vm,
+        PIO_GPA,
+        file.get(..pio_bytes as usize).unwrap_or_default(),
+    )
+    .and_then(|()| check_copy(&vm, DMA_GPA, &file));
     copied.map_err(|error| format!("{error} (selector {selector:#x}, debug console {text:?})"))?;
     let report = |name: &str| {
-        guests::parse_report(&text, name).ok_or(format!("the guest did not report {name}: {text:?}"))
+        guests::parse_report(&text, name)
+            .ok_or(format!("the guest did not report {name}: {text:?}"))
     };
     if report("fw-cfg-dma-control")? != 0 {
         return Err(format!("a DMA transfer failed: {text:?}"));
@@ -167,6 +177,27 @@ pub fn run(dma_bytes: u32, pio_bytes: u32) -> Result<FwCfgRun, String> {
         exits,
         elapsed,
     })
+}
+
+/// Advises every region of `memory` with `MADV_HUGEPAGE`.
+fn advise_huge_pages(memory: &vm_memory::GuestMemoryMmap) -> Result<(), String> {
+    use vm_memory::{GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
+    for region in memory.iter() {
+        let host = region
+            .get_host_address(MemoryRegionAddress(0))
+            .map_err(|e| format!("guest memory region has no host address: {e}"))?;
+        // SAFETY: the range is one live anonymous mapping owned by `memory`; madvise only
+        // changes how the kernel backs it.
+        let result =
+            unsafe { libc::madvise(host.cast(), region.len() as usize, libc::MADV_HUGEPAGE) };
+        if result != 0 {
+            return Err(format!(
+                "madvise(MADV_HUGEPAGE) failed: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Hands the port access in `run` to `bus`, one access per element. Returns the first device
@@ -182,12 +213,17 @@ fn dispatch_io(
     let len = size * io.count as usize;
     let offset = io.data_offset as usize;
     if size == 0 || offset.saturating_add(len) > run_size {
-        return Err(format!("port I/O data outside kvm_run: {size} x {} at {offset:#x}", io.count));
+        return Err(format!(
+            "port I/O data outside kvm_run: {size} x {} at {offset:#x}",
+            io.count
+        ));
     }
     // SAFETY: KVM placed `len` bytes of port data at `data_offset` inside the `run_size`-byte
     // kvm_run mapping (checked above), and `run` is not used while `data` lives.
-    let data =
-        unsafe { std::slice::from_raw_parts_mut((run as *mut kvm_run).cast::<u8>().add(offset), len) };
+    let data = unsafe {
+        std::slice::from_raw_parts_mut((run as *mut kvm_run).cast::<u8>().add(offset), len)
+    };
+
     let port = u64::from(io.port);
     if u32::from(io.direction) == KVM_EXIT_IO_IN {
         for element in data.chunks_mut(size) {
@@ -195,6 +231,7 @@ fn dispatch_io(
         }
         return Ok(None);
     }
+
     for element in data.chunks(size) {
         match bus.write(port, element) {
             None | Some(DeviceAction::None) => {}
@@ -204,7 +241,7 @@ fn dispatch_io(
     Ok(None)
 }
 
-/// Checks that guest memory at `gpa` holds `expected`.
+/// Checks that guest memory at `gpa` contains `expected`.
 fn check_copy(vm: &Vm, gpa: u32, expected: &[u8]) -> Result<(), String> {
     let mut actual = vec![0u8; expected.len()];
     vm.memory()

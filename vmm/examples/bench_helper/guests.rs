@@ -61,7 +61,7 @@ const DMA_DESCRIPTOR: u64 = 0x1000;
 
 /// Bytes moved by one `rep outsb` or `rep insb` of the timed loops (half a segment).
 pub const STRING_CHUNK: u32 = 0x8000;
-/// Segment that holds the serial guest's 64 KiB of text.
+/// Segment that contains the serial guest's 64 KiB of text.
 const SERIAL_TEXT_SEGMENT: u32 = 0x1000;
 
 /// Error of assembling a guest.
@@ -71,7 +71,9 @@ pub enum GuestError {
     #[error("iced-x86 rejected the guest code: {0}")]
     Asm(#[from] IcedError),
     /// The code reaches into the reset vector.
-    #[error("the guest code is {0} bytes; at most {RESET_VECTOR_OFFSET} fit below the reset vector")]
+    #[error(
+        "the guest code is {0} bytes; at most {RESET_VECTOR_OFFSET} fit below the reset vector"
+    )]
     TooLarge(usize),
 }
 
@@ -199,7 +201,7 @@ fn image_from_code(code: &[u8]) -> AsmResult<Vec<u8>> {
     Ok(image)
 }
 
-/// The start-up guest: prints [`HELLO_LINE`] on COM1 and exits.
+/// Assembles the start-up guest, which prints [`HELLO_LINE`] on COM1 and exits.
 pub fn hello() -> AsmResult<Vec<u8>> {
     let mut guest = RealMode::new()?;
     guest.print(COM1, HELLO_LINE, true)?;
@@ -207,8 +209,8 @@ pub fn hello() -> AsmResult<Vec<u8>> {
     guest.finish()
 }
 
-/// The memory guest: prints [`HELLO_LINE`] on COM1 and then loops forever, so that the VMM's
-/// memory can be read while it runs.
+/// Assembles the memory guest, which prints [`HELLO_LINE`] on COM1 and then loops forever, so
+/// that the VMM's memory can be read while it runs.
 pub fn spin() -> AsmResult<Vec<u8>> {
     let mut guest = RealMode::new()?;
     guest.print(COM1, HELLO_LINE, true)?;
@@ -218,8 +220,8 @@ pub fn spin() -> AsmResult<Vec<u8>> {
     guest.finish()
 }
 
-/// The serial guest: writes `total` bytes of text to COM1 with `rep outsb`, without polling
-/// the line status, and reports the cycles as `serial-cycles`.
+/// Assembles the serial guest, which writes `total` bytes of text to COM1 with `rep outsb`,
+/// without polling the line status, and reports the cycles as `serial-cycles`.
 ///
 /// The text is 64 KiB at 0x10000, lines of 63 letters and a newline, sent over and over.
 /// `total` must be a multiple of [`STRING_CHUNK`].
@@ -270,7 +272,7 @@ pub fn serial(total: u32) -> AsmResult<Vec<u8>> {
     guest.finish()
 }
 
-/// Where the fw_cfg guest puts what it reads.
+/// Selector, sizes and destinations of the fw_cfg guest's reads.
 #[derive(Debug, Clone, Copy)]
 pub struct FwCfgLayout {
     /// Selector of the file to read.
@@ -285,10 +287,10 @@ pub struct FwCfgLayout {
     pub dma_gpa: u32,
 }
 
-/// The fw_cfg guest: reads the first `pio_bytes` of the file through the data port with
-/// `rep insb` (`fw-cfg-pio-cycles`), then reads `dma_bytes` by DMA twice, into the same
-/// memory (`fw-cfg-dma-cycles` for the first transfer into untouched memory,
-/// `fw-cfg-dma-warm-cycles` for the second). After each transfer it prints the control word
+/// Assembles the fw_cfg guest. It reads the first `pio_bytes` of the file through the data
+/// port with `rep insb` (`fw-cfg-pio-cycles`). Then it reads `dma_bytes` by DMA twice into the
+/// same memory: `fw-cfg-dma-cycles` times the first transfer, into untouched memory, and
+/// `fw-cfg-dma-warm-cycles` the second. After each transfer it prints the control word that
 /// the device left (`fw-cfg-dma-control`, 0 on success).
 pub fn fw_cfg(layout: FwCfgLayout) -> AsmResult<Vec<u8>> {
     let mut guest = RealMode::new()?;

@@ -164,6 +164,9 @@ enum Task {
         /// KiB read through the data port, a multiple of 32.
         #[arg(long, default_value_t = 256)]
         pio_kib: u32,
+        /// Advise guest RAM with MADV_HUGEPAGE first, which igvmm does not do (an experiment).
+        #[arg(long)]
+        huge_pages: bool,
     },
     /// Print the TSC frequency and its source.
     TscHz,
@@ -193,7 +196,10 @@ fn print_series(name: &str, values: &[f64]) {
 }
 
 /// Runs `measure` `runs` times and collects the results.
-fn repeat<T>(runs: usize, mut measure: impl FnMut() -> Result<T, String>) -> Result<Vec<T>, String> {
+fn repeat<T>(
+    runs: usize,
+    mut measure: impl FnMut() -> Result<T, String>,
+) -> Result<Vec<T>, String> {
     (0..runs.max(1)).map(|_| measure()).collect()
 }
 
@@ -205,7 +211,9 @@ fn run(cli: Cli) -> Result<(), String> {
             serial_bytes,
         } => {
             if serial_bytes == 0 || serial_bytes % guests::STRING_CHUNK != 0 {
-                return Err(format!("--serial-bytes {serial_bytes} is not a positive multiple of 32768"));
+                return Err(format!(
+                    "--serial-bytes {serial_bytes} is not a positive multiple of 32768"
+                ));
             }
             let image = match kind {
                 Payload::Hello => guests::hello(),
@@ -226,7 +234,12 @@ fn run(cli: Cli) -> Result<(), String> {
             command,
         } => {
             let times = repeat(runs, || {
-                process::time_to_exit(&command, expect_status, expect_output.as_deref(), stdout_null)
+                process::time_to_exit(
+                    &command,
+                    expect_status,
+                    expect_output.as_deref(),
+                    stdout_null,
+                )
             })?;
             print_series("seconds", &seconds(&times));
             Ok(())
@@ -238,7 +251,9 @@ fn run(cli: Cli) -> Result<(), String> {
             command,
         } => {
             let timeout = Duration::from_secs(timeout);
-            let times = repeat(runs, || process::time_to_pattern(&command, &pattern, timeout))?;
+            let times = repeat(runs, || {
+                process::time_to_pattern(&command, &pattern, timeout)
+            })?;
             print_series("seconds", &seconds(&times));
             Ok(())
         }
@@ -260,27 +275,44 @@ fn run(cli: Cli) -> Result<(), String> {
                 .map(|sample| mib(sample.peak_kib.saturating_sub(sample.guest_kib)))
                 .collect();
             print_series("vmm_mib", &vmm);
-            print_series("peak_mib", &samples.iter().map(|s| mib(s.peak_kib)).collect::<Vec<_>>());
-            print_series("guest_mib", &samples.iter().map(|s| mib(s.guest_kib)).collect::<Vec<_>>());
+            print_series(
+                "peak_mib",
+                &samples.iter().map(|s| mib(s.peak_kib)).collect::<Vec<_>>(),
+            );
+            print_series(
+                "guest_mib",
+                &samples.iter().map(|s| mib(s.guest_kib)).collect::<Vec<_>>(),
+            );
             Ok(())
         }
         Task::Memcpy { runs, file, mib } => {
-            let source = std::fs::read(&file).map_err(|error| format!("{}: {error}", file.display()))?;
+            let source =
+                std::fs::read(&file).map_err(|error| format!("{}: {error}", file.display()))?;
             let times = repeat(runs, || files::memcpy_fresh(&source, mib << 20))?;
             print_series("seconds", &seconds(&times));
             Ok(())
         }
         Task::RawSerial { runs, image } => {
-            let image = std::fs::read(&image).map_err(|error| format!("{}: {error}", image.display()))?;
+            let image =
+                std::fs::read(&image).map_err(|error| format!("{}: {error}", image.display()))?;
             let results = repeat(runs, || raw_kvm::run_firmware(&image))?;
             let mut cycles = Vec::new();
             for result in &results {
-                let value = guests::parse_report(&result.debugcon, "serial-cycles")
-                    .ok_or(format!("the guest did not report serial-cycles: {:?}", result.debugcon))?;
+                let value =
+                    guests::parse_report(&result.debugcon, "serial-cycles").ok_or(format!(
+                        "the guest did not report serial-cycles: {:?}",
+                        result.debugcon
+                    ))?;
                 cycles.push(value as f64);
             }
             print_series("cycles", &cycles);
-            print_series("host_seconds", &results.iter().map(|r| r.elapsed.as_secs_f64()).collect::<Vec<_>>());
+            print_series(
+                "host_seconds",
+                &results
+                    .iter()
+                    .map(|r| r.elapsed.as_secs_f64())
+                    .collect::<Vec<_>>(),
+            );
             if let Some(last) = results.last() {
                 println!("com1_bytes={}", last.com1_bytes);
                 println!("exits={}", last.exits);
@@ -309,7 +341,12 @@ fn run(cli: Cli) -> Result<(), String> {
             print_series("process_seconds", &seconds(&times));
             Ok(())
         }
-        Task::FwCfg { runs, mib, pio_kib } => fw_cfg_task(runs, mib, pio_kib),
+        Task::FwCfg {
+            runs,
+            mib,
+            pio_kib,
+            huge_pages,
+        } => fw_cfg_task(runs, mib, pio_kib, huge_pages),
         Task::TscHz => {
             let (hz, source) = files::tsc_hz()?;
             println!("tsc_hz={hz:.0}");
@@ -321,17 +358,28 @@ fn run(cli: Cli) -> Result<(), String> {
 
 /// Runs the fw_cfg benchmark and prints cycles and rates (GiB/s for DMA, MiB/s for the port),
 /// with a memcpy of the same size into untouched memory as the reference.
-fn fw_cfg_task(runs: usize, mib: u32, pio_kib: u32) -> Result<(), String> {
+fn fw_cfg_task(runs: usize, mib: u32, pio_kib: u32, huge_pages: bool) -> Result<(), String> {
     let dma_bytes = mib.checked_mul(1 << 20).ok_or("--mib is too large")?;
-    let pio_bytes = pio_kib.checked_mul(1 << 10).ok_or("--pio-kib is too large")?;
+    let pio_bytes = pio_kib
+        .checked_mul(1 << 10)
+        .ok_or("--pio-kib is too large")?;
     if pio_bytes == 0 || pio_bytes % guests::STRING_CHUNK != 0 || pio_bytes > dma_bytes {
-        return Err(format!("--pio-kib {pio_kib} must be a positive multiple of 32, at most --mib"));
+        return Err(format!(
+            "--pio-kib {pio_kib} must be a positive multiple of 32, at most --mib"
+        ));
     }
     let (hz, source) = files::tsc_hz()?;
-    let results = repeat(runs, || fw_cfg::run(dma_bytes, pio_bytes))?;
-    let gib = |bytes: u32, cycles: u64| f64::from(bytes) / f64::from(1u32 << 30) / (cycles as f64 / hz);
-    let dma: Vec<f64> = results.iter().map(|r| gib(dma_bytes, r.dma_cycles)).collect();
-    let warm: Vec<f64> = results.iter().map(|r| gib(dma_bytes, r.dma_warm_cycles)).collect();
+    let results = repeat(runs, || fw_cfg::run(dma_bytes, pio_bytes, huge_pages))?;
+    let gib =
+        |bytes: u32, cycles: u64| f64::from(bytes) / f64::from(1u32 << 30) / (cycles as f64 / hz);
+    let dma: Vec<f64> = results
+        .iter()
+        .map(|r| gib(dma_bytes, r.dma_cycles))
+        .collect();
+    let warm: Vec<f64> = results
+        .iter()
+        .map(|r| gib(dma_bytes, r.dma_warm_cycles))
+        .collect();
     let pio: Vec<f64> = results
         .iter()
         .map(|r| gib(pio_bytes, r.pio_cycles) * 1024.0)
@@ -339,14 +387,28 @@ fn fw_cfg_task(runs: usize, mib: u32, pio_kib: u32) -> Result<(), String> {
     print_series("dma_gib_per_s", &dma);
     print_series("dma_warm_gib_per_s", &warm);
     print_series("pio_mib_per_s", &pio);
-    print_series("dma_cycles", &results.iter().map(|r| r.dma_cycles as f64).collect::<Vec<_>>());
-    print_series("host_seconds", &results.iter().map(|r| r.elapsed.as_secs_f64()).collect::<Vec<_>>());
+    print_series(
+        "dma_cycles",
+        &results
+            .iter()
+            .map(|r| r.dma_cycles as f64)
+            .collect::<Vec<_>>(),
+    );
+    print_series(
+        "host_seconds",
+        &results
+            .iter()
+            .map(|r| r.elapsed.as_secs_f64())
+            .collect::<Vec<_>>(),
+    );
     if let Some(last) = results.last() {
         println!("exits={}", last.exits);
     }
 
     let source_bytes = fw_cfg::pattern(dma_bytes as usize);
-    let copies = repeat(runs, || files::memcpy_fresh(&source_bytes, dma_bytes as usize))?;
+    let copies = repeat(runs, || {
+        files::memcpy_fresh(&source_bytes, dma_bytes as usize)
+    })?;
     let copy_rates: Vec<f64> = copies
         .iter()
         .map(|time| f64::from(dma_bytes) / f64::from(1u32 << 30) / time.as_secs_f64())
@@ -362,7 +424,8 @@ fn seconds(times: &[Duration]) -> Vec<f64> {
 }
 
 fn write(path: &PathBuf, bytes: &[u8]) -> Result<(), String> {
-    std::fs::write(path, bytes).map_err(|error| format!("writing {} failed: {error}", path.display()))
+    std::fs::write(path, bytes)
+        .map_err(|error| format!("writing {} failed: {error}", path.display()))
 }
 
 fn main() -> ExitCode {

@@ -17,10 +17,10 @@ const RAM_BYTES: usize = 512 << 20;
 const TSS_GPA: usize = 0xFEFF_D000;
 /// Line status the reference loop returns: transmitter empty and idle.
 const LSR_IDLE: u8 = 0x60;
-/// Longest run before the loop gives up.
+/// Maximum run time before the loop gives up.
 const TIMEOUT: Duration = Duration::from_secs(120);
 
-/// What a reference run did.
+/// Counts and timing of one reference run.
 #[derive(Debug, Default)]
 pub struct RawRun {
     /// Bytes the guest wrote to COM1.

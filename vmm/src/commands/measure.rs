@@ -14,6 +14,7 @@ use igvm_loader::plan::Platform;
 use serde_json::json;
 
 use crate::cli::{MeasureArgs, MeasuredPlatformArg};
+use crate::commands::write_stdout;
 
 /// A reason `igvmm measure` cannot produce a digest.
 #[derive(Debug, thiserror::Error)]
@@ -235,9 +236,9 @@ pub fn main(args: MeasureArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
             "mib_per_second": output.mib_per_second(),
             "notes": notes,
         });
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        write_stdout(&format!("{}\n", serde_json::to_string_pretty(&value)?))?;
     } else {
-        println!("{}", measurement.digest_hex());
+        write_stdout(&format!("{}\n", measurement.digest_hex()))?;
     }
     Ok(ExitCode::SUCCESS)
 }

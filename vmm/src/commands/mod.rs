@@ -5,3 +5,17 @@ pub mod inspect;
 pub mod measure;
 pub mod pack;
 pub mod run;
+
+use std::io::Write;
+
+/// Writes `text` to standard output and flushes it. A closed pipe or a full disk is an error
+/// that names the output, where `print!` would panic.
+pub(crate) fn write_stdout(text: &str) -> Result<(), std::io::Error> {
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+        .map_err(|error| {
+            std::io::Error::new(error.kind(), format!("cannot write the output: {error}"))
+        })
+}

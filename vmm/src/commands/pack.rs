@@ -11,6 +11,7 @@ use igvm_loader::plan::Platform;
 
 use crate::cli::{CorimPlatformArg, PackArgs};
 use crate::commands::run::read_image;
+use crate::commands::write_stdout;
 use crate::demo;
 
 /// Runs the subcommand.
@@ -19,12 +20,20 @@ pub fn main(args: PackArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         demo::image()?
     } else if let Some(firmware) = &args.firmware {
         builder::firmware_image(&read_input(firmware)?)?
-    } else if args.kernel.is_some() {
-        return Err("pack --kernel is not supported yet; use --firmware or --demo".into());
+    } else if let Some(kernel) = &args.kernel {
+        let initrd = match &args.initrd {
+            Some(path) => Some(read_input(path)?),
+            None => None,
+        };
+        igvm_loader::linux::pack_kernel(&igvm_loader::linux::KernelPackOptions {
+            kernel: read_input(kernel)?,
+            initrd,
+            command_line: args.cmdline.clone().unwrap_or_default(),
+        })?
     } else {
         return Err("pack needs a source: --firmware FILE, --kernel FILE or --demo".into());
     };
-    if args.cmdline.is_some() {
+    if args.cmdline.is_some() && args.kernel.is_none() {
         log::warn!("--cmdline applies to --kernel and is ignored");
     }
 
@@ -35,17 +44,38 @@ pub fn main(args: PackArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
             None => None,
         };
         let platform = corim_platform(&image, args.corim_platform)?;
-        let mask = corim::platform_mask(&IgvmFile::new_from_binary(&image, None)?, platform)?;
-        image = corim::add_or_replace(&image, mask, &document, signature.as_deref())?;
+        image = embed_corim(&image, platform, &document, signature.as_deref())?;
     }
     if args.corim_auto {
-        image = add_launch_measurement_corims(image)?;
+        image = add_launch_measurement_corims(&image, args.corim_svn)?;
     }
 
     std::fs::write(&args.output, &image)
         .map_err(|error| format!("cannot write {}: {error}", args.output.display()))?;
-    println!("wrote {} ({} bytes)", args.output.display(), image.len());
+    write_stdout(&format!(
+        "wrote {} ({} bytes)\n",
+        args.output.display(),
+        image.len()
+    ))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Returns `image` with `document` (and `signature`) as the CoRIM of `platform`, replacing the
+/// one it has. A document or signature that does not decode is embedded with a warning, because
+/// the CoRIM never reaches guest memory and `igvmm run --strict-corim` checks it at launch.
+pub fn embed_corim(
+    image: &[u8],
+    platform: Platform,
+    document: &[u8],
+    signature: Option<&[u8]>,
+) -> Result<Vec<u8>, corim::CorimError> {
+    if let Err(error) = corim::inspect(document, signature) {
+        log::warn!("embedding a CoRIM that does not decode: {error}");
+    }
+    let parsed = IgvmFile::new_from_binary(image, None)
+        .map_err(|error| corim::CorimError::InvalidFile(error.to_string()))?;
+    let mask = corim::platform_mask(&parsed, platform)?;
+    corim::add_or_replace(image, mask, document, signature)
 }
 
 fn read_input(path: &Path) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
@@ -75,26 +105,23 @@ fn corim_platform(
     }
 }
 
-/// Adds a launch-measurement CoRIM for every SEV-SNP and TDX platform of the image.
-fn add_launch_measurement_corims(
-    mut image: Vec<u8>,
+/// Adds a launch-measurement CoRIM endorsing `svn` for every SEV-SNP and TDX platform of the
+/// image, with igvmm's predicted measurement of a KVM launch as the reference value
+/// ([`corim::with_launch_corims`]).
+pub fn add_launch_measurement_corims(
+    image: &[u8],
+    svn: u64,
 ) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
-    let measurable: Vec<Platform> = igvm_loader::parse(&image)?
+    let measurable = igvm_loader::parse(image)?
         .platforms()
         .iter()
         .filter_map(|header| header.platform)
-        .filter(|platform| matches!(platform, Platform::SevSnp | Platform::Tdx))
-        .collect();
-    if measurable.is_empty() {
+        .any(|platform| matches!(platform, Platform::SevSnp | Platform::Tdx));
+    if !measurable {
         return Err(
             "--corim-auto needs a platform with a launch measurement (sev-snp or tdx); this image has none"
                 .into(),
         );
     }
-    for platform in measurable {
-        let document = corim::launch_measurement_corim(&image, platform, 0, None)?;
-        let mask = corim::platform_mask(&IgvmFile::new_from_binary(&image, None)?, platform)?;
-        image = corim::add_or_replace(&image, mask, &document, None)?;
-    }
-    Ok(image)
+    Ok(corim::with_launch_corims(image, svn)?)
 }

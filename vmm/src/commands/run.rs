@@ -9,7 +9,8 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use crate::cli::{PlatformArg, RunArgs};
-use crate::config::{EventStrings, GuestImage, PlatformRequest, VmConfig};
+use crate::coco::{parse_hex, CocoError};
+use crate::config::{CocoOptions, EventStrings, GuestImage, PlatformRequest, VmConfig};
 use crate::console::{DebugconConfig, SerialConfig};
 use crate::demo::{self, DEMO_SUCCESS_STATUS};
 use crate::error::VmmError;
@@ -19,21 +20,15 @@ use crate::runner::run_vm;
 
 /// Runs the subcommand.
 pub fn main(args: RunArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    // A named confidential platform never falls back to native: `run_vm` fails with the probe's
+    // list of what this host lacks.
     let platform = match args.platform {
         PlatformArg::Auto => PlatformRequest::Auto,
         PlatformArg::Native => PlatformRequest::Native,
-        // A named confidential platform never falls back to native. The probes name what
-        // this host lacks.
-        PlatformArg::SevSnp => {
-            crate::coco::probe_snp()?;
-            return Err(VmmError::PlatformUnavailable("sev-snp").into());
-        }
-        PlatformArg::Tdx => {
-            crate::coco::probe_tdx()?;
-            return Err(VmmError::PlatformUnavailable("tdx").into());
-        }
+        PlatformArg::SevSnp => PlatformRequest::SevSnp,
+        PlatformArg::Tdx => PlatformRequest::Tdx,
     };
-    warn_unused_coco_options(&args);
+    let coco = coco_options(&args)?;
 
     let memory_bytes = memory::parse_size(&args.memory)?;
     let serial = SerialConfig::parse(&args.serial)?;
@@ -60,6 +55,7 @@ pub fn main(args: RunArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         version: args.event_version.clone(),
     };
     config.strict_corim = args.strict_corim;
+    config.coco = coco;
     config.handle_signals = true;
 
     let reason = run_vm(config)?;
@@ -91,22 +87,25 @@ pub fn read_image(path: &Path) -> Result<Vec<u8>, VmmError> {
     })
 }
 
-/// Warns about options that only the confidential backends read.
-fn warn_unused_coco_options(args: &RunArgs) {
-    let unused = [
-        ("--strict-cpuid", args.strict_cpuid),
-        ("--host-data", args.host_data.is_some()),
-        ("--mrconfigid", args.mrconfigid.is_some()),
-        ("--mrowner", args.mrowner.is_some()),
-        ("--mrownerconfig", args.mrownerconfig.is_some()),
-        ("--tdx-debug", args.tdx_debug),
-        ("--quote-socket", args.quote_socket.is_some()),
-    ];
-    for (option, given) in unused {
-        if given {
-            log::warn!(
-                "{option} applies to sev-snp or tdx launches and is ignored for a native launch"
-            );
-        }
-    }
+/// Returns the SEV-SNP and TDX options, with the hexadecimal values decoded.
+fn coco_options(args: &RunArgs) -> Result<CocoOptions, CocoError> {
+    let hex48 = |option: &'static str, value: &Option<String>| {
+        value
+            .as_deref()
+            .map(|text| parse_hex::<48>(option, text))
+            .transpose()
+    };
+    Ok(CocoOptions {
+        host_data: args
+            .host_data
+            .as_deref()
+            .map(|text| parse_hex::<32>("--host-data", text))
+            .transpose()?,
+        strict_cpuid: args.strict_cpuid,
+        mrconfigid: hex48("--mrconfigid", &args.mrconfigid)?,
+        mrowner: hex48("--mrowner", &args.mrowner)?,
+        mrownerconfig: hex48("--mrownerconfig", &args.mrownerconfig)?,
+        tdx_debug: args.tdx_debug,
+        quote_socket: args.quote_socket.clone(),
+    })
 }
