@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Runs the igvmm test suite: fetches the guests that the integration tests boot, then runs every
+# Runs the igvmm test suite: fetches SeaBIOS for the firmware boot test, then runs every
 # workspace test. Tests that need something this machine lacks (hardware SEV-SNP or TDX, a KVM that
-# can run Linux) print the reason and count as skipped.
+# can run Linux) print the reason and return without booting.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

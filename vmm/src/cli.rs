@@ -77,11 +77,11 @@ pub struct RunArgs {
     #[arg(long)]
     pub demo: bool,
 
-    /// Guest RAM, in bytes or with a K, M or G suffix (binary units).
+    /// Guest RAM, in bytes or with a K, M, G or T suffix (binary units), at least 2M.
     #[arg(long, default_value = "512M")]
     pub memory: String,
 
-    /// Number of virtual CPUs.
+    /// Number of virtual CPUs, 1 to 254 (KVM may allow fewer).
     #[arg(long, default_value_t = 1)]
     pub cpus: u32,
 
@@ -98,7 +98,7 @@ pub struct RunArgs {
     pub serial: String,
 
     /// Destination of the debug console on port 0x402: log (info-level log lines with target
-    /// guest-debugcon, shown by default), file:PATH or none.
+    /// guest-debugcon, shown with -v), file:PATH or none.
     #[arg(long, default_value = "log")]
     pub debugcon: String,
 

@@ -5,7 +5,7 @@
 //! | 0 | every vCPU halted with interrupts disabled |
 //! | `(value << 1) \| 1` | the guest wrote `value` to the debug-exit port 0x501 (QEMU's `isa-debug-exit`) |
 //! | 1 | igvmm failed before or while running the guest (also debug-exit value 0) |
-//! | 2 | invalid command line |
+//! | 2 | the command line does not parse (unknown option, missing argument, invalid choice); values that parse but are out of range get status 1 |
 //! | 4 | the guest requested a reset |
 //! | 6 | triple fault (`KVM_EXIT_SHUTDOWN`) |
 //! | 8 | KVM could not run the guest (internal error, failed entry, unhandled exit) |

@@ -8,9 +8,9 @@ use vmm::cli::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // The guest's debug console (SeaBIOS prints its banner there) is shown by default.
+    // The guest's debug console (port 0x402) logs at info level, so -v shows it.
     let default_level = match cli.verbose {
-        0 => "warn,guest-debugcon=info",
+        0 => "warn",
         1 => "info",
         2 => "debug",
         _ => "trace",

@@ -314,12 +314,13 @@ fn coco_options_warn_on_native_launch() {
 }
 
 #[test]
-fn pack_kernel_is_not_supported_yet() {
+fn pack_kernel_rejects_empty_kernel() {
     let output = igvmm(&["pack", "--kernel", "/dev/null", "-o", "/dev/null"]);
     assert_eq!(output.status.code(), Some(1));
     assert_eq!(
         stderr(&output),
-        "igvmm: pack --kernel is not supported yet; use --firmware or --demo\n"
+        "igvmm: the kernel (0 bytes) is neither an ELF vmlinux nor a bzImage \
+         (no 0xAA55 boot flag at 0x1fe and \"HdrS\" at 0x202)\n"
     );
 }
 

@@ -126,7 +126,9 @@ fn seabios_from_cli_stops_on_sigterm() {
         return;
     };
     let image = pack(&firmware, "seabios-cli.igvm");
+    // -v shows the debug console on port 0x402, where SeaBIOS logs its banner.
     let mut child = Command::new(env!("CARGO_BIN_EXE_igvmm"))
+        .arg("-v")
         .arg("run")
         .arg(&image)
         .stdin(Stdio::null())

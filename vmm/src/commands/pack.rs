@@ -10,12 +10,14 @@ use igvm_loader::corim;
 use igvm_loader::plan::Platform;
 
 use crate::cli::{CorimPlatformArg, PackArgs};
-use crate::commands::run::read_image;
 use crate::commands::write_stdout;
 use crate::demo;
 
 /// Runs the subcommand.
 pub fn main(args: PackArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    if args.initrd.is_some() && args.kernel.is_none() {
+        return Err("--initrd applies to --kernel only".into());
+    }
     let mut image = if args.demo {
         demo::image()?
     } else if let Some(firmware) = &args.firmware {
@@ -79,7 +81,10 @@ pub fn embed_corim(
 }
 
 fn read_input(path: &Path) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
-    Ok(read_image(path)?)
+    if path.is_dir() {
+        return Err(format!("{} is a directory, not a file", path.display()).into());
+    }
+    std::fs::read(path).map_err(|error| format!("cannot read {}: {error}", path.display()).into())
 }
 
 /// Returns the platform a `--corim` applies to: the one named, or the file's only platform.
