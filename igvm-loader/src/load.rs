@@ -5,6 +5,7 @@
 //! give the guest policy and the CoRIM, which stays host-only. Everything is validated before
 //! the plan is returned, so a backend never starts a guest from a plan that would fail halfway.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use igvm::{IgvmDirectiveHeader, IgvmInitializationHeader};
@@ -46,14 +47,19 @@ pub struct LoadOptions {
     pub relocation_base: Option<u64>,
 }
 
-/// Parses an IGVM file and builds the plan for the platform `options` selects.
-pub fn load(file: &[u8], options: &LoadOptions) -> Result<Plan, LoadError> {
+/// Parses an IGVM file and builds the plan for the platform `options` selects. The plan borrows
+/// its page data from `file`.
+pub fn load<'f>(file: &'f [u8], options: &LoadOptions) -> Result<Plan<'f>, LoadError> {
     let parsed = parse(file)?;
     load_parsed(&parsed, options)
 }
 
-/// Builds the plan for the platform `options` selects from an already parsed file.
-pub fn load_parsed(parsed: &ParsedFile, options: &LoadOptions) -> Result<Plan, LoadError> {
+/// Builds the plan for the platform `options` selects from an already parsed file. The plan
+/// borrows its page data from the file's bytes, not from `parsed`.
+pub fn load_parsed<'f>(
+    parsed: &ParsedFile<'f>,
+    options: &LoadOptions,
+) -> Result<Plan<'f>, LoadError> {
     let layout = MemoryLayout::from_host(&options.host)?;
     let platforms = parsed.platforms();
     let (chosen, platform) = platform::choose(&platforms, &options.choice)?;
@@ -188,15 +194,16 @@ struct Area {
     parameters: Vec<(HeaderRef, ParameterKind, u32)>,
 }
 
-/// Collects the plan while the directives are walked in file order.
-struct PlanBuilder<'a> {
+/// Collects the plan while the directives are walked in file order. `'f` is the lifetime of the
+/// file's bytes.
+struct PlanBuilder<'a, 'f> {
     platform: Platform,
     mask: u32,
     layout: &'a MemoryLayout,
     host: &'a HostDescription,
     relocation: Relocation,
     parameters: ParameterSource<'a>,
-    ops: Vec<LaunchOp>,
+    ops: Vec<LaunchOp<'f>>,
     /// Sum of the operation sizes.
     imported_bytes: u64,
     /// For each operation, the relocatable region that moved it.
@@ -210,7 +217,7 @@ struct PlanBuilder<'a> {
     id_block: Option<(HeaderRef, IgvmDirectiveHeader)>,
 }
 
-impl PlanBuilder<'_> {
+impl<'f> PlanBuilder<'_, 'f> {
     fn applies(&self, directive: &IgvmDirectiveHeader) -> bool {
         directive
             .compatibility_mask()
@@ -227,7 +234,7 @@ impl PlanBuilder<'_> {
 
     fn directive(
         &mut self,
-        parsed: &ParsedFile,
+        parsed: &ParsedFile<'f>,
         position: usize,
         header: HeaderRef,
         directive: &IgvmDirectiveHeader,
@@ -358,7 +365,7 @@ impl PlanBuilder<'_> {
         }
     }
 
-    fn push_op(&mut self, op: LaunchOp, moved_by: Option<HeaderRef>) {
+    fn push_op(&mut self, op: LaunchOp<'f>, moved_by: Option<HeaderRef>) {
         self.imported_bytes = self.imported_bytes.saturating_add(op.size);
         self.ops.push(op);
         self.moved_by.push(moved_by);
@@ -417,7 +424,7 @@ impl PlanBuilder<'_> {
         file_gpa: u64,
         flags: IgvmPageDataFlags,
         data_type: IgvmPageDataType,
-        data: &[u8],
+        data: &'f [u8],
     ) -> Result<(), LoadError> {
         let size = if flags.is_2mb_page() {
             PAGE_SIZE_2M
@@ -463,7 +470,7 @@ impl PlanBuilder<'_> {
         let data = if data.is_empty() {
             PageData::Zero
         } else {
-            PageData::Bytes(data.to_vec())
+            PageData::Bytes(Cow::Borrowed(data))
         };
         self.push_op(
             LaunchOp {
@@ -532,7 +539,7 @@ impl PlanBuilder<'_> {
                     gpa: gpa + page as u64 * PAGE_SIZE_4K,
                     size: PAGE_SIZE_4K,
                     kind: PageKind::Parameter { area_index },
-                    data: PageData::Bytes(chunk.to_vec()),
+                    data: PageData::Bytes(Cow::Owned(chunk.to_vec())),
                     source: header,
                 },
                 moved_by,
@@ -545,7 +552,7 @@ impl PlanBuilder<'_> {
         mut self,
         chosen: &PlatformHeader,
         init: InitializationData,
-    ) -> Result<Plan, LoadError> {
+    ) -> Result<Plan<'f>, LoadError> {
         self.relocation.finish(
             &mut self.ops,
             &mut self.moved_by,

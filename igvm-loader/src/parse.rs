@@ -1,7 +1,5 @@
 //! Parsing: raw header walk and checks, then the igvm crate, with file positions kept.
 
-use std::collections::BTreeMap;
-
 use igvm::hv_defs::Vtl;
 use igvm::{
     IgvmDirectiveHeader, IgvmFile, IgvmInitializationHeader, IgvmPlatformHeader, IgvmRevision,
@@ -15,19 +13,24 @@ use zerocopy::FromBytes;
 
 use crate::error::{guard_igvm, LoadError};
 use crate::headers::Section;
-use crate::plan::{HeaderRef, PAGE_SIZE_2M};
+use crate::plan::{HeaderRef, PAGE_SIZE_2M, PAGE_SIZE_4K};
 use crate::platform::{platform_from_type, PlatformHeader};
 use crate::precheck;
-use crate::raw::{self, Action, RawHeader};
+use crate::raw::{self, Action, RawFile, RawHeader};
 
 /// An IGVM file parsed by the igvm crate, with the file position of every header.
 ///
 /// Produced by [`parse`]. The crate parsed the file without an isolation filter, so every
 /// platform's headers are present; [`crate::load_parsed`] filters by compatibility mask.
+/// `'a` is the lifetime of the file's bytes, which [`ParsedFile::page_data`] returns slices of.
 #[derive(Debug, Clone)]
-pub struct ParsedFile {
+pub struct ParsedFile<'a> {
     /// The file as the igvm crate parsed it, without skipped optional headers and without
     /// the version string.
+    ///
+    /// Its PageData directives carry no data: the crate parsed a copy of the file in which every
+    /// PageData header has file offset 0, so that it did not copy the pages. Read the data with
+    /// [`ParsedFile::page_data`].
     pub igvm: IgvmFile,
     /// IGVM format version from the fixed header (1 or 2).
     pub format_version: u32,
@@ -48,12 +51,12 @@ pub struct ParsedFile {
     pub skipped_headers: Vec<HeaderRef>,
     /// Text of the VersionString header (0x107), if the file has one.
     pub version_string: Option<String>,
-    /// Data of 2 MiB pages, by position in `igvm.directives()`. igvm 0.5 reads only the first
-    /// 4 KiB of a page's file data, so the loader reads the whole 2 MiB itself.
-    pub(crate) large_page_data: BTreeMap<usize, Vec<u8>>,
+    /// The file data of each directive, by position in `igvm.directives()`: 4 KiB or 2 MiB of
+    /// the file for a PageData header with file data, empty for every other directive.
+    pub(crate) page_data: Vec<&'a [u8]>,
 }
 
-impl ParsedFile {
+impl<'a> ParsedFile<'a> {
     /// Returns the platform headers.
     pub fn platforms(&self) -> Vec<PlatformHeader> {
         self.igvm
@@ -101,16 +104,11 @@ impl ParsedFile {
             .zip(self.igvm.directives())
     }
 
-    /// Returns the data of the PageData directive at `position` in `igvm.directives()`: all
-    /// 2 MiB for a large page with data, the crate's 4 KiB otherwise, empty for a zero page.
-    pub fn page_data(&self, position: usize) -> &[u8] {
-        if let Some(data) = self.large_page_data.get(&position) {
-            return data;
-        }
-        match self.igvm.directives().get(position) {
-            Some(IgvmDirectiveHeader::PageData { data, .. }) => data,
-            _ => &[],
-        }
+    /// Returns the data of the PageData directive at `position` in `igvm.directives()`, a slice
+    /// of the file: all 2 MiB for a large page with data, 4 KiB for a small one, empty for a
+    /// zero page or another directive.
+    pub fn page_data(&self, position: usize) -> &'a [u8] {
+        self.page_data.get(position).copied().unwrap_or_default()
     }
 }
 
@@ -119,14 +117,15 @@ impl ParsedFile {
 /// Unknown headers with the optional bit are skipped with a warning. Everything the igvm crate
 /// would reject without naming the header is checked first, so that the error names the header
 /// type and its index in the file. Errors the crate still finds are [`LoadError::Igvm`].
-pub fn parse(file: &[u8]) -> Result<ParsedFile, LoadError> {
+///
+/// The page data is not copied: the returned file refers to `file` for it.
+pub fn parse(file: &[u8]) -> Result<ParsedFile<'_>, LoadError> {
     let raw_file = raw::walk(file)?;
     precheck::check(&raw_file)?;
 
-    let rebuilt = raw::rebuild_for_crate(&raw_file);
-    let crate_input = rebuilt.as_deref().unwrap_or(file);
+    let crate_input = raw::rebuild_for_crate(&raw_file);
     let igvm = guard_igvm("parsing the file", || {
-        IgvmFile::new_from_binary(crate_input, None)
+        IgvmFile::new_from_binary(&crate_input, None)
     })??;
 
     let refs = |section| -> Vec<HeaderRef> {
@@ -151,25 +150,10 @@ pub fn parse(file: &[u8]) -> Result<ParsedFile, LoadError> {
         .map(|header| Ok((header.header, decode_relocation(header)?)))
         .collect::<Result<Vec<_>, LoadError>>()?;
 
-    let mut large_page_data = BTreeMap::new();
-    for (position, header) in raw_file.kept(Section::Directive).enumerate() {
-        if Vht(header.header.header_type) != Vht::IGVM_VHT_PAGE_DATA {
-            continue;
-        }
-        let Ok((page, _)) = IGVM_VHS_PAGE_DATA::read_from_prefix(header.body) else {
-            continue;
-        };
-        if page.flags.is_2mb_page() && page.file_offset != 0 {
-            let data = raw_file.file_data(page.file_offset, PAGE_SIZE_2M).ok_or(
-                LoadError::FileDataOutOfRange {
-                    header: header.header,
-                    offset: page.file_offset,
-                    size: PAGE_SIZE_2M,
-                },
-            )?;
-            large_page_data.insert(position, data.to_vec());
-        }
-    }
+    let page_data = raw_file
+        .kept(Section::Directive)
+        .map(|header| page_data(&raw_file, header))
+        .collect::<Result<Vec<_>, LoadError>>()?;
 
     let version_string = raw_file
         .headers
@@ -197,8 +181,36 @@ pub fn parse(file: &[u8]) -> Result<ParsedFile, LoadError> {
         directive_refs,
         skipped_headers,
         version_string,
-        large_page_data,
+        page_data,
     })
+}
+
+/// Returns the file data of a PageData header, or an empty slice for a page without file data
+/// and for every other header.
+fn page_data<'a>(raw_file: &RawFile<'a>, header: &RawHeader<'_>) -> Result<&'a [u8], LoadError> {
+    if Vht(header.header.header_type) != Vht::IGVM_VHT_PAGE_DATA {
+        return Ok(&[]);
+    }
+    let (page, _) = IGVM_VHS_PAGE_DATA::read_from_prefix(header.body).map_err(|_| {
+        LoadError::TruncatedHeader {
+            header: header.header,
+        }
+    })?;
+    if page.file_offset == 0 {
+        return Ok(&[]);
+    }
+    let size = if page.flags.is_2mb_page() {
+        PAGE_SIZE_2M
+    } else {
+        PAGE_SIZE_4K
+    };
+    raw_file
+        .file_data(page.file_offset, size)
+        .ok_or(LoadError::FileDataOutOfRange {
+            header: header.header,
+            offset: page.file_offset,
+            size,
+        })
 }
 
 /// Decodes a RelocatableRegion or PageTableRelocationRegion body as igvm 0.5 would. The flags

@@ -5,6 +5,12 @@
 //! the pages into RAM, the SEV-SNP backend issues one `SNP_LAUNCH_UPDATE` per page, and the TDX backend
 //! one `KVM_TDX_INIT_MEM_REGION` per page. The measurement models replay the same list, so the
 //! predicted digest and the launched guest cannot drift apart.
+//!
+//! A plan borrows the page bytes it imports unchanged from the IGVM file, so `Plan<'a>` lives
+//! no longer than the file's bytes. [`Plan::into_owned`] copies them for a plan that must outlive
+//! the file.
+
+use std::borrow::Cow;
 
 use igvm::snp_defs::SevVmsa;
 use igvm_defs::IgvmNativeVpContextX64;
@@ -81,16 +87,28 @@ pub enum PageKind {
 
 /// The bytes of a launch operation.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PageData {
+pub enum PageData<'a> {
     /// A page (or 2 MiB page) of zeros, from an empty PageData header.
     Zero,
-    /// File bytes, at most the operation's size. Shorter data is padded with zeros.
-    Bytes(Vec<u8>),
+    /// At most the operation's size; shorter data is padded with zeros. Page data that the
+    /// loader imports unchanged is borrowed from the file. Parameter areas and relocated page
+    /// tables are built by the loader and owned.
+    Bytes(Cow<'a, [u8]>),
+}
+
+impl PageData<'_> {
+    /// Copies borrowed bytes, so that the data no longer refers to the file.
+    pub fn into_owned(self) -> PageData<'static> {
+        match self {
+            PageData::Zero => PageData::Zero,
+            PageData::Bytes(bytes) => PageData::Bytes(Cow::Owned(bytes.into_owned())),
+        }
+    }
 }
 
 /// One step of the launch: place `size` bytes at `gpa`, with the platform treatment `kind`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LaunchOp {
+pub struct LaunchOp<'a> {
     /// Guest physical address, aligned to `size`.
     pub gpa: u64,
     /// [`PAGE_SIZE_4K`] or [`PAGE_SIZE_2M`]. Backends and measurements treat a 2 MiB operation as 512
@@ -99,7 +117,7 @@ pub struct LaunchOp {
     /// How the platform treats these pages.
     pub kind: PageKind,
     /// The contents.
-    pub data: PageData,
+    pub data: PageData<'a>,
     /// The header this operation came from.
     pub source: HeaderRef,
 }
@@ -113,7 +131,18 @@ pub struct Page4k<'a> {
     pub bytes: Option<&'a [u8]>,
 }
 
-impl LaunchOp {
+impl LaunchOp<'_> {
+    /// Copies borrowed bytes, so that the operation no longer refers to the file.
+    pub fn into_owned(self) -> LaunchOp<'static> {
+        LaunchOp {
+            gpa: self.gpa,
+            size: self.size,
+            kind: self.kind,
+            data: self.data.into_owned(),
+            source: self.source,
+        }
+    }
+
     /// Iterates over the operation as 4 KiB pages in ascending GPA order.
     pub fn pages_4k(&self) -> impl Iterator<Item = Page4k<'_>> + '_ {
         let count = self.size / PAGE_SIZE_4K;
@@ -200,9 +229,10 @@ pub struct HostOnlyData {
     pub corim_signature: Option<Vec<u8>>,
 }
 
-/// Everything a backend needs to launch the guest.
+/// Everything a backend needs to launch the guest. `'a` is the lifetime of the IGVM file's
+/// bytes, from which the page data is borrowed.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Plan {
+pub struct Plan<'a> {
     /// The chosen platform.
     pub platform: Platform,
     /// The compatibility mask bit of the chosen platform header.
@@ -210,7 +240,7 @@ pub struct Plan {
     /// The shared GPA boundary from the platform header (SNP vTOM, TDX shared bit), or 0.
     pub shared_gpa_boundary: u64,
     /// Page operations, in the order a backend must execute them.
-    pub operations: Vec<LaunchOp>,
+    pub operations: Vec<LaunchOp<'a>>,
     /// VP contexts for the chosen platform, in file order.
     pub vp_contexts: Vec<VpContext>,
     /// The GuestPolicy value for the chosen platform (SNP guest policy or IGVM TDX policy).
@@ -223,4 +253,26 @@ pub struct Plan {
     pub error_ranges: Vec<GpaRange>,
     /// Host-only data (CoRIM).
     pub host_only: HostOnlyData,
+}
+
+impl Plan<'_> {
+    /// Copies the page data borrowed from the file, so that the plan outlives it.
+    pub fn into_owned(self) -> Plan<'static> {
+        Plan {
+            platform: self.platform,
+            compatibility_mask: self.compatibility_mask,
+            shared_gpa_boundary: self.shared_gpa_boundary,
+            operations: self
+                .operations
+                .into_iter()
+                .map(LaunchOp::into_owned)
+                .collect(),
+            vp_contexts: self.vp_contexts,
+            guest_policy: self.guest_policy,
+            snp_id_block: self.snp_id_block,
+            required_memory: self.required_memory,
+            error_ranges: self.error_ranges,
+            host_only: self.host_only,
+        }
+    }
 }

@@ -7,14 +7,16 @@
 //! The fixed header's CRC32 covers the fixed header, with the checksum field as zero, and the
 //! variable header section. File offsets in headers count from the start of the file.
 
-use std::mem::offset_of;
+use std::mem::{offset_of, size_of};
 
 use igvm::{Arch, IgvmRevision};
 use igvm_defs::{
-    IgvmVariableHeaderType as Vht, IGVM_VHS_CORIM_DATA, IGVM_VHS_PAGE_DATA,
-    IGVM_VHS_PARAMETER_AREA, IGVM_VHS_VP_CONTEXT, IGVM_VHT_OPTIONAL_BIT,
+    IgvmPlatformType, IgvmVariableHeaderType as Vht, VbsVpContextHeader, VbsVpContextRegister,
+    IGVM_VHS_CORIM_DATA, IGVM_VHS_PAGE_DATA, IGVM_VHS_PARAMETER_AREA, IGVM_VHS_SUPPORTED_PLATFORM,
+    IGVM_VHS_VP_CONTEXT, IGVM_VHT_OPTIONAL_BIT,
 };
 use log::warn;
+use zerocopy::FromBytes;
 
 use crate::error::LoadError;
 use crate::headers::{support, Section, Support};
@@ -393,18 +395,19 @@ fn is_relocation(header_type: u32) -> bool {
 /// the relocation headers, with optional bits cleared, and with the header sizes and checksum
 /// fixed.
 ///
-/// The file data keeps its offsets: the removed bytes become zero padding at the start of the
-/// file data section. igvm 0.5 rejects a file without any file data, so an empty file data
-/// section gets 8 bytes of padding. Returns `None` when the original bytes can be used as they
-/// are.
-pub(crate) fn rebuild_for_crate(raw: &RawFile<'_>) -> Option<Vec<u8>> {
-    let unchanged = raw.headers.iter().all(|h| h.action == Action::Keep);
-    let has_file_data = raw.file_data_start() < raw.bytes.len();
-    if unchanged && has_file_data {
-        return None;
-    }
-
+/// Every PageData header gets file offset 0, so that the crate copies no page data.
+/// [`crate::ParsedFile::page_data`] reads it from the original file instead. The file data
+/// section holds only the bytes that the other headers with file data (parameter areas, VP
+/// contexts, CoRIM payloads) make the crate read, moved together with their offsets rewritten.
+/// Each range is as long as the crate reads, or ends with the original file, so the crate reads
+/// the same bytes as from the original file and returns the same errors. igvm 0.5 rejects a
+/// file without any file data, so an empty file data section gets 8 bytes of padding.
+pub(crate) fn rebuild_for_crate(raw: &RawFile<'_>) -> Vec<u8> {
+    let vbs_masks = vbs_masks(raw);
     let mut variable_headers = Vec::with_capacity(raw.variable_header_size);
+    // For each file offset to rewrite: its position in `variable_headers` and the range of the
+    // original file that the crate reads there.
+    let mut moves: Vec<(usize, usize, usize)> = Vec::new();
     for header in &raw.headers {
         if !matches!(header.action, Action::Keep | Action::ClearOptionalBit) {
             continue;
@@ -418,21 +421,53 @@ pub(crate) fn rebuild_for_crate(raw: &RawFile<'_>) -> Option<Vec<u8>> {
         if header.action == Action::ClearOptionalBit {
             write_u32(&mut variable_headers, start, header.header.header_type);
         }
+
+        let Some(field) = file_offset_field(header.header.header_type) else {
+            continue;
+        };
+        let at = start + VARIABLE_HEADER_PREFIX + field;
+        let offset = read_u32(&variable_headers, at).unwrap_or(0) as usize;
+        if Vht(header.header.header_type) == Vht::IGVM_VHT_PAGE_DATA {
+            write_u32(&mut variable_headers, at, 0);
+            continue;
+        }
+        // Offsets below the file data section keep their meaning, because the rebuilt file
+        // data section starts where the original one does.
+        if offset == 0 || offset < raw.file_data_start() || offset >= raw.bytes.len() {
+            continue;
+        }
+        let size = crate_data_size(raw, header, offset, &vbs_masks);
+        let end = offset.saturating_add(size).min(raw.bytes.len());
+        moves.push((at, offset, end));
+    }
+
+    // Copy the union of the ranges, so that data several headers share is copied once and the
+    // rebuilt file is no larger than the original one plus the padding.
+    let ranges = moves.iter().map(|&(_, start, end)| (start, end)).collect();
+    let (mut file_data, segments) = copy_ranges(raw.bytes, ranges, raw.file_data_start());
+    for (at, offset, _) in moves {
+        // The moved offset is below the original file's size, which came from a u32 field.
+        if let Some(moved) = moved_offset(&segments, offset) {
+            write_u32(
+                &mut variable_headers,
+                at,
+                u32::try_from(moved).unwrap_or(u32::MAX),
+            );
+        }
+    }
+    if file_data.is_empty() {
+        file_data.extend_from_slice(&[0u8; 8]);
     }
 
     let fixed_and_gap = raw
         .bytes
         .get(..raw.variable_header_offset)
         .unwrap_or_default();
-    let file_data = raw.bytes.get(raw.file_data_start()..).unwrap_or_default();
-    let mut out = Vec::with_capacity(raw.bytes.len() + 8);
+    let mut out = Vec::with_capacity(raw.file_data_start() + file_data.len());
     out.extend_from_slice(fixed_and_gap);
     out.extend_from_slice(&variable_headers);
     out.resize(raw.file_data_start(), 0);
-    out.extend_from_slice(file_data);
-    if !has_file_data {
-        out.extend_from_slice(&[0u8; 8]);
-    }
+    out.extend_from_slice(&file_data);
 
     // Both sizes fit in u32: they are at most the original ones plus 8 bytes of padding, and
     // the original total size came from a u32 field.
@@ -446,7 +481,97 @@ pub(crate) fn rebuild_for_crate(raw: &RawFile<'_>) -> Option<Vec<u8>> {
         .to_vec();
     let checksum = header_checksum(&fixed_header, &variable_headers);
     write_u32(&mut out, OFFSET_CHECKSUM, checksum);
-    Some(out)
+    out
+}
+
+/// A range of the original file, `start..end`, copied to offset `moved_to` of the rebuilt file.
+#[derive(Debug, Clone, Copy)]
+struct Segment {
+    start: usize,
+    end: usize,
+    moved_to: usize,
+}
+
+/// Copies the union of `ranges` of `bytes`, in file order, into a new buffer that will start at
+/// file offset `base`. Returns the buffer and the merged ranges.
+fn copy_ranges(
+    bytes: &[u8],
+    mut ranges: Vec<(usize, usize)>,
+    base: usize,
+) -> (Vec<u8>, Vec<Segment>) {
+    ranges.sort_unstable();
+    let mut copied = Vec::new();
+    let mut segments: Vec<Segment> = Vec::new();
+    for (start, end) in ranges {
+        match segments.last_mut() {
+            Some(last) if start <= last.end => {
+                if end > last.end {
+                    copied.extend_from_slice(bytes.get(last.end..end).unwrap_or_default());
+                    last.end = end;
+                }
+            }
+            _ => {
+                segments.push(Segment {
+                    start,
+                    end,
+                    moved_to: base + copied.len(),
+                });
+                copied.extend_from_slice(bytes.get(start..end).unwrap_or_default());
+            }
+        }
+    }
+    (copied, segments)
+}
+
+/// Returns where `offset` of the original file lies after [`copy_ranges`], or `None` if no
+/// segment starts at or before it.
+fn moved_offset(segments: &[Segment], offset: usize) -> Option<usize> {
+    let index = segments
+        .partition_point(|segment| segment.start <= offset)
+        .checked_sub(1)?;
+    let segment = segments.get(index)?;
+    Some(segment.moved_to + offset.checked_sub(segment.start)?)
+}
+
+/// Returns the compatibility masks of the VBS (VSM isolation) SupportedPlatform headers.
+fn vbs_masks(raw: &RawFile<'_>) -> Vec<u32> {
+    raw.kept(Section::Platform)
+        .filter_map(|header| IGVM_VHS_SUPPORTED_PLATFORM::read_from_prefix(header.body).ok())
+        .filter(|(info, _)| info.platform_type == IgvmPlatformType::VSM_ISOLATION)
+        .map(|(info, _)| info.compatibility_mask)
+        .collect()
+}
+
+/// Returns how many bytes of file data at `offset` igvm 0.5 reads for `header`, a kept header
+/// other than PageData with a file offset. The result may run past the end of the file.
+fn crate_data_size(
+    raw: &RawFile<'_>,
+    header: &RawHeader<'_>,
+    offset: usize,
+    vbs_masks: &[u32],
+) -> usize {
+    let field = |at: usize| read_u32(header.body, at).unwrap_or(0);
+    let size: u64 = match Vht(header.header.header_type) {
+        Vht::IGVM_VHT_PARAMETER_AREA => IGVM_VHS_PARAMETER_AREA::read_from_prefix(header.body)
+            .map_or(0, |(area, _)| area.number_of_bytes),
+        Vht::IGVM_VHT_CORIM_DOCUMENT | Vht::IGVM_VHT_CORIM_SIGNATURE => {
+            u64::from(field(offset_of!(IGVM_VHS_CORIM_DATA, size_bytes)))
+        }
+        Vht::IGVM_VHT_VP_CONTEXT => {
+            let mask = field(offset_of!(IGVM_VHS_VP_CONTEXT, compatibility_mask));
+            // The crate reads a VBS context when the mask equals a VBS platform's mask.
+            if vbs_masks.contains(&mask) {
+                // A register count, then that many registers.
+                let count = read_u32(raw.bytes, offset).unwrap_or(0);
+                size_of::<VbsVpContextHeader>() as u64
+                    + u64::from(count) * size_of::<VbsVpContextRegister>() as u64
+            } else {
+                PAGE_SIZE_4K
+            }
+        }
+        _ => 0,
+    };
+    usize::try_from(size).unwrap_or(usize::MAX)
 }
 
 /// Builds an IGVM file from raw variable headers and file data, with a correct checksum.

@@ -21,6 +21,7 @@
 
 mod page_tables;
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 
 use igvm::hv_defs::Vtl;
@@ -338,7 +339,7 @@ impl Relocation {
     /// `after_tables[i]` is true if context `i` came after the first page table page.
     pub(crate) fn finish(
         self,
-        ops: &mut Vec<LaunchOp>,
+        ops: &mut Vec<LaunchOp<'_>>,
         moved_by: &mut Vec<Option<HeaderRef>>,
         contexts: &mut [VpContext],
         after_tables: &[bool],
@@ -417,7 +418,7 @@ fn rebuild_page_tables(
     pt: &PageTableRegion,
     contexts: &mut [VpContext],
     moved: &[MovedRange],
-) -> Result<Vec<LaunchOp>, LoadError> {
+) -> Result<Vec<LaunchOp<'static>>, LoadError> {
     let header = pt.header;
     let fail = |message: String| LoadError::PageTableRelocation { header, message };
     let context = find_context(pt.header, pt.vp_index, pt.vtl, "reads CR3 of", contexts)?;
@@ -466,7 +467,7 @@ fn rebuild_page_tables(
                 gpa,
                 size: PAGE_SIZE_4K,
                 kind,
-                data: PageData::Bytes(bytes),
+                data: PageData::Bytes(Cow::Owned(bytes)),
                 source,
             }
         })

@@ -1911,7 +1911,8 @@ fn check(case: &Case) -> (String, Option<String>) {
 
 #[test]
 fn base_files_load() {
-    let plan = load(&base_file(), &native_options()).expect("the base file loads");
+    let file = base_file();
+    let plan = load(&file, &native_options()).expect("the base file loads");
     assert_eq!(plan.platform, Platform::Native);
     // Three pages and the one-page parameter area.
     assert_eq!(plan.operations.len(), 4);
@@ -1921,7 +1922,8 @@ fn base_files_load() {
     // The reassembled base file is byte-for-byte the serialized one.
     assert_eq!(base_image().bytes(), base_file());
 
-    let plan = load(&relocatable_file(), &native_options()).expect("the relocatable file loads");
+    let file = relocatable_file();
+    let plan = load(&file, &native_options()).expect("the relocatable file loads");
     assert_eq!(plan.operations.len(), 2);
 }
 
@@ -1986,12 +1988,13 @@ fn optional_unknown_header_is_skipped() {
             ..RawHeader::new(Vht(0), &[0xEE; 12])
         },
     );
-    let parsed = parse(&image.bytes()).expect("an optional unknown header is skipped");
+    let file = image.bytes();
+    let parsed = parse(&file).expect("an optional unknown header is skipped");
     assert_eq!(
         parsed.skipped_headers,
         vec![header_ref(Vht(0x3F0 | IGVM_VHT_OPTIONAL_BIT), 8)]
     );
-    let plan = load(&image.bytes(), &native_options()).expect("the file loads");
+    let plan = load(&file, &native_options()).expect("the file loads");
     assert_eq!(plan.operations.len(), 4);
 }
 

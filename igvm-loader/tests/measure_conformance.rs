@@ -61,12 +61,8 @@ fn igvm_snp_digest_vmsa_last(file: &IgvmFile, mask: u32) -> String {
 
 #[test]
 fn qemu_snp_file_digest_matches_igvmmeasure() {
-    let plan = plan_for_measurement(
-        &conformance("tiny-qemu-snp-native.igvm"),
-        Platform::SevSnp,
-        1,
-    )
-    .unwrap();
+    let file = conformance("tiny-qemu-snp-native.igvm");
+    let plan = plan_for_measurement(&file, Platform::SevSnp, 1).unwrap();
     let measurement = measure::measure_snp(&plan, SnpMode::FileDigest).unwrap();
     assert_eq!(measurement.digest_hex(), QEMU_SNP_FILE_DIGEST);
     assert_eq!(measurement.vmsas, 1);
@@ -100,12 +96,8 @@ fn qemu_snp_kvm_digest_measures_vmsa_last() {
 
 #[test]
 fn qemu_snp_vmsa_is_already_in_kvm_form() {
-    let plan = plan_for_measurement(
-        &conformance("tiny-qemu-snp-native.igvm"),
-        Platform::SevSnp,
-        1,
-    )
-    .unwrap();
+    let file = conformance("tiny-qemu-snp-native.igvm");
+    let plan = plan_for_measurement(&file, Platform::SevSnp, 1).unwrap();
     let context = &plan.vp_contexts[0];
     let igvm_loader::plan::VpState::Snp { gpa, vmsa } = &context.state else {
         panic!("vp 0 is not an SNP context");
@@ -148,8 +140,8 @@ fn error_text(bytes: &[u8]) -> String {
 
 #[test]
 fn tdp_mrtd_matches_igvm() {
-    let plan =
-        plan_for_measurement(&conformance("tiny-tdp-synthetic.igvm"), Platform::Tdx, 1).unwrap();
+    let file = conformance("tiny-tdp-synthetic.igvm");
+    let plan = plan_for_measurement(&file, Platform::Tdx, 1).unwrap();
     let measurement = measure::measure_tdx(&plan).unwrap();
     assert_eq!(measurement.digest_hex(), TDP_MRTD);
 }
@@ -158,8 +150,8 @@ fn tdp_mrtd_matches_igvm() {
 fn tdp_td_shim_rule_gives_other_mrtd() {
     // td-shim's tool adds zero pages without extending them and skips parameter areas. Replaying
     // the same plan under that rule reproduces td-shim's value.
-    let plan =
-        plan_for_measurement(&conformance("tiny-tdp-synthetic.igvm"), Platform::Tdx, 1).unwrap();
+    let file = conformance("tiny-tdp-synthetic.igvm");
+    let plan = plan_for_measurement(&file, Platform::Tdx, 1).unwrap();
     let mut mrtd = MrtdHasher::new();
     let mut zero_ops = 0;
     let mut parameter_ops = 0;

@@ -179,8 +179,8 @@ pub const LOAD_PHYS_BITS: u8 = 48;
 
 /// Loads `file` into guest memory for `config` as igvmm does before the first vCPU runs
 /// ([`vmm::load_guest`]), without creating a VM.
-pub fn load(file: &[u8], config: &VmConfig) -> Result<LoadedGuest, VmmError> {
-    vmm::load_guest(&vmm_config(file, config), LOAD_PHYS_BITS)
+pub fn load(file: &[u8], config: &VmConfig) -> Result<LoadedGuest<'static>, VmmError> {
+    vmm::load_guest(&vmm_config(file, config), LOAD_PHYS_BITS).map(LoadedGuest::into_owned)
 }
 
 /// A fw_cfg file: name and contents.

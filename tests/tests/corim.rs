@@ -310,7 +310,7 @@ fn corim_files_absent_without_headers() {
     }
 }
 
-fn plan_for(file: &[u8]) -> Plan {
+fn plan_for(file: &[u8]) -> Plan<'_> {
     let options = LoadOptions {
         choice: PlatformChoice::Exact(Platform::Native),
         host: host_description(&VmConfig::default()).unwrap(),
@@ -328,7 +328,8 @@ fn windows(bytes: &[u8]) -> HashSet<&[u8]> {
 fn corim_not_in_plan() {
     let document = corim_document(8 * 1024);
     let signature = cose_sign1_detached();
-    let plan = plan_for(&file_with(&hello_code(), Some(&document), Some(&signature)));
+    let file = file_with(&hello_code(), Some(&document), Some(&signature));
+    let plan = plan_for(&file);
     assert_eq!(
         plan.host_only.corim_document.as_deref(),
         Some(&document[..])

@@ -136,7 +136,8 @@ fn relocation_plan_moves_region() {
         host: igvmm_tests::harness::host_description(&VmConfig::default()).unwrap(),
         relocation_base: Some(RELOCATED_GPA),
     };
-    let plan = igvm_loader::load(&relocatable_file(), &options).unwrap();
+    let file = relocatable_file();
+    let plan = igvm_loader::load(&file, &options).unwrap();
     let rip = match plan.vp_contexts.first().map(|vp| &vp.state) {
         Some(igvm_loader::plan::VpState::Native(context)) => context.rip,
         other => panic!("expected a native VP context, got {other:?}"),

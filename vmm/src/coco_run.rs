@@ -93,7 +93,8 @@ pub(crate) fn choose_backend(config: &VmConfig, probes: &impl Probes) -> Result<
                 }),
             };
         }
-        GuestImage::Igvm(bytes) => bytes,
+        GuestImage::Igvm(bytes) => bytes.as_slice(),
+        GuestImage::IgvmFile(file) => file,
     };
 
     match config.platform {
@@ -284,13 +285,9 @@ mod tests {
 
     #[test]
     fn plan_platform_must_match_request() {
-        let plan = igvm_loader::measure::plan_for_measurement(
-            &conformance("tiny-tdp-synthetic.igvm"),
-            Platform::Tdx,
-            1,
-        )
-        .unwrap();
-        let mut config = VmConfig::new(GuestImage::Plan(Box::new(plan)));
+        let file = conformance("tiny-tdp-synthetic.igvm");
+        let plan = igvm_loader::measure::plan_for_measurement(&file, Platform::Tdx, 1).unwrap();
+        let mut config = VmConfig::new(GuestImage::Plan(Box::new(plan.into_owned())));
         config.platform = PlatformRequest::Native;
         let probes = FailingProbes::default();
         let error = choose_backend(&config, &probes).unwrap_err();

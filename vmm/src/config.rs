@@ -1,6 +1,12 @@
 //! The configuration of [`crate::run_vm`]: the guest image and the machine to run it on.
 
-use std::path::PathBuf;
+use std::fs::File;
+use std::io::{self, Read};
+use std::ops::Deref;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::ptr::NonNull;
+use std::sync::Arc;
 
 use igvm_loader::plan::{Plan, Platform};
 
@@ -15,9 +21,158 @@ pub const DEFAULT_MEMORY_BYTES: u64 = 512 << 20;
 pub enum GuestImage {
     /// The bytes of an IGVM file; the loader turns them into a plan for this machine.
     Igvm(Vec<u8>),
+    /// An IGVM file mapped from disk, loaded as [`GuestImage::Igvm`] is. The file must not
+    /// change while the VM runs (see [`MappedFile`]).
+    IgvmFile(MappedFile),
     /// A plan built by the caller, run as it is. Its parameter areas are not filled from
     /// this machine.
-    Plan(Box<Plan>),
+    Plan(Box<Plan<'static>>),
+}
+
+impl GuestImage {
+    /// Returns the bytes of an IGVM image, or `None` for a plan.
+    pub fn igvm_bytes(&self) -> Option<&[u8]> {
+        match self {
+            GuestImage::Igvm(bytes) => Some(bytes),
+            GuestImage::IgvmFile(file) => Some(file),
+            GuestImage::Plan(_) => None,
+        }
+    }
+}
+
+/// The contents of a file, mapped read-only (`MAP_PRIVATE`) so that loading an IGVM file does
+/// not copy its page data into the heap first. Clones share the mapping, which is removed when
+/// the last clone is dropped.
+///
+/// igvmm requires that the file is not modified while it is mapped. Linux may show writes by
+/// other processes in a private mapping, so the loaded pages and the measurement could differ.
+/// A file truncated below its mapped size makes a read of the lost pages raise SIGBUS, which
+/// ends the process.
+///
+/// Files that cannot be mapped are read into memory instead: pipes, devices, and files whose
+/// size is 0 (procfs files report 0, and an empty file then reads as empty, which the loader
+/// rejects as too short).
+#[derive(Clone)]
+pub struct MappedFile {
+    contents: Arc<FileContents>,
+}
+
+/// The storage behind a [`MappedFile`].
+enum FileContents {
+    /// A private read-only mapping of `len` bytes, owned by this value.
+    Mapped {
+        address: NonNull<libc::c_void>,
+        len: usize,
+    },
+    /// Bytes read from a file that could not be mapped.
+    Read(Vec<u8>),
+}
+
+// SAFETY: the mapping is read-only, and `FileContents` only hands out shared slices of it. So
+// it may move to and be read from any thread.
+unsafe impl Send for FileContents {}
+// SAFETY: as for `Send`: no method mutates the mapping.
+unsafe impl Sync for FileContents {}
+
+impl MappedFile {
+    /// Maps the file at `path`, or reads it when it cannot be mapped.
+    pub fn open(path: &Path) -> io::Result<Self> {
+        let mut file = File::open(path)?;
+        let metadata = file.metadata()?;
+        let len = usize::try_from(metadata.len())
+            .map_err(|_| io::Error::other("the file is larger than the address space"))?;
+
+        if !metadata.is_file() || len == 0 {
+            let mut bytes = Vec::new();
+            file.read_to_end(&mut bytes)?;
+            return Ok(Self::from(bytes));
+        }
+
+        // SAFETY: a new private read-only mapping of an open file at an address the kernel
+        // picks; it overlaps no Rust object. The result is checked for MAP_FAILED below.
+        let address = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if address == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let address = NonNull::new(address).ok_or_else(|| io::Error::other("mmap returned 0"))?;
+        let contents = FileContents::Mapped { address, len };
+
+        // A file cut short before the mapping existed would raise SIGBUS on the first read of
+        // the lost pages. Catch that here; later changes are the caller's to avoid.
+        let len_now = file.metadata()?.len();
+        if len_now != metadata.len() {
+            drop(contents);
+            return Err(io::Error::other(format!(
+                "the file changed size from {} to {len_now} bytes while it was mapped; it must \
+                 not be modified while igvmm loads it",
+                metadata.len()
+            )));
+        }
+        Ok(Self {
+            contents: Arc::new(contents),
+        })
+    }
+}
+
+impl From<Vec<u8>> for MappedFile {
+    fn from(bytes: Vec<u8>) -> Self {
+        Self {
+            contents: Arc::new(FileContents::Read(bytes)),
+        }
+    }
+}
+
+impl Deref for MappedFile {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match &*self.contents {
+            // SAFETY: `address..address + len` is a live read-only mapping that `FileContents`
+            // owns until it is dropped, which the borrow of `self` prevents.
+            FileContents::Mapped { address, len } => unsafe {
+                std::slice::from_raw_parts(address.as_ptr().cast::<u8>(), *len)
+            },
+            FileContents::Read(bytes) => bytes,
+        }
+    }
+}
+
+impl std::fmt::Debug for MappedFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match &*self.contents {
+            FileContents::Mapped { .. } => "mapped",
+            FileContents::Read(_) => "read",
+        };
+        f.debug_struct("MappedFile")
+            .field("kind", &kind)
+            .field("len", &self.len())
+            .finish()
+    }
+}
+
+impl Drop for FileContents {
+    fn drop(&mut self) {
+        if let FileContents::Mapped { address, len } = self {
+            // SAFETY: the mapping was created by `MappedFile::open` with this address and
+            // length, and no slice of it outlives this value.
+            let result = unsafe { libc::munmap(address.as_ptr(), *len) };
+            if result != 0 {
+                log::debug!(
+                    "munmap of a mapped file failed: {}",
+                    io::Error::last_os_error()
+                );
+            }
+        }
+    }
 }
 
 /// The platform to launch a guest on.
@@ -154,5 +309,52 @@ impl VmConfig {
             stop: StopHandle::new(),
             handle_signals: false,
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    /// Writes `bytes` to a new file in the temporary directory and returns its path.
+    fn temp_file(name: &str, bytes: &[u8]) -> PathBuf {
+        let path = std::env::temp_dir().join(format!("igvmm-{}-{name}", std::process::id()));
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+
+    #[test]
+    fn mapped_file_has_file_contents() {
+        let bytes: Vec<u8> = (0..3 * 4096 + 5).map(|i| (i % 251) as u8).collect();
+        let path = temp_file("mapped", &bytes);
+        let file = MappedFile::open(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        // The mapping stays valid after the path is gone, and clones share it.
+        let clone = file.clone();
+        drop(file);
+        assert_eq!(&clone[..], &bytes[..]);
+        assert_eq!(
+            format!("{clone:?}"),
+            "MappedFile { kind: \"mapped\", len: 12293 }"
+        );
+    }
+
+    #[test]
+    fn mapped_file_reads_what_cannot_be_mapped() {
+        let path = temp_file("empty", &[]);
+        let empty = MappedFile::open(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert!(empty.is_empty());
+        assert_eq!(
+            format!("{empty:?}"),
+            "MappedFile { kind: \"read\", len: 0 }"
+        );
+
+        let null = MappedFile::open(Path::new("/dev/null")).unwrap();
+        assert!(null.is_empty());
+
+        let missing = MappedFile::open(Path::new("/nonexistent/igvmm.igvm")).unwrap_err();
+        assert_eq!(missing.kind(), io::ErrorKind::NotFound);
     }
 }

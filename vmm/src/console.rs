@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use devices::serial::Serial;
 use event_manager::{EventManager, EventOps, EventSet, EventSubscriber, Events, SubscriberOps};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::control::StopHandle;
 use crate::exit::{StopReason, StopRequest};
@@ -27,7 +28,9 @@ use crate::exit::{StopReason, StopRequest};
 const ESCAPE: u8 = 0x01;
 /// Input bytes queued beyond this are dropped (a paste far larger than the guest reads).
 const MAX_PENDING_INPUT: usize = 64 * 1024;
-/// How often the input loop checks for a stop, in milliseconds.
+/// How often the input loop checks for a stop when nothing wakes it, in milliseconds.
+/// [`ConsoleThread::join`] wakes it at once, so this only bounds the wait of a loop whose
+/// thread is never joined.
 const POLL_INTERVAL_MS: i32 = 100;
 /// How often queued input is offered to a full FIFO, in milliseconds.
 const RETRY_INTERVAL_MS: i32 = 5;
@@ -382,6 +385,8 @@ struct InputState {
 pub(crate) struct ConsoleInput {
     /// The source's descriptor, fixed for the subscriber's life.
     fd: RawFd,
+    /// Written by [`ConsoleThread::join`] so that the loop's epoll wait returns at once.
+    wake: EventFd,
     /// The UART.
     serial: Arc<Mutex<Serial>>,
     /// Stopped on Ctrl-A x.
@@ -390,9 +395,14 @@ pub(crate) struct ConsoleInput {
 }
 
 impl ConsoleInput {
-    fn new(source: Box<dyn InputSource>, serial: Arc<Mutex<Serial>>, stop: StopHandle) -> Self {
-        Self {
+    fn new(
+        source: Box<dyn InputSource>,
+        serial: Arc<Mutex<Serial>>,
+        stop: StopHandle,
+    ) -> io::Result<Self> {
+        Ok(Self {
             fd: source.as_raw_fd(),
+            wake: EventFd::new(EFD_NONBLOCK)?,
             serial,
             stop,
             state: Mutex::new(InputState {
@@ -401,7 +411,7 @@ impl ConsoleInput {
                 pending: VecDeque::new(),
                 dropped: 0,
             }),
-        }
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, InputState> {
@@ -464,6 +474,13 @@ impl ConsoleInput {
 
 impl EventSubscriber for ConsoleInput {
     fn process(&self, events: Events, ops: &mut EventOps) {
+        if events.fd() == self.wake.as_raw_fd() {
+            // The loop only has to return to see the stop, so the counter's value is unused.
+            if let Err(error) = self.wake.read() {
+                log::debug!("failed to read the console wake event: {error}");
+            }
+            return;
+        }
         let readable = events.event_set().contains(EventSet::IN);
         let closed = events
             .event_set()
@@ -478,6 +495,10 @@ impl EventSubscriber for ConsoleInput {
     }
 
     fn init(&self, ops: &mut EventOps) {
+        if let Err(error) = ops.add(Events::new(&self.wake, EventSet::IN)) {
+            // The loop still sees the stop, POLL_INTERVAL_MS later.
+            log::warn!("failed to watch the console wake event: {error}");
+        }
         if let Err(error) = ops.add(Events::new_raw(self.fd, EventSet::IN)) {
             // epoll rejects regular files and /dev/null with EPERM; such stdin has nothing to
             // wait for.
@@ -489,11 +510,17 @@ impl EventSubscriber for ConsoleInput {
 /// The thread that runs the console input loop.
 pub(crate) struct ConsoleThread {
     handle: JoinHandle<()>,
+    /// A duplicate of the loop's wake event.
+    wake: EventFd,
 }
 
 impl ConsoleThread {
-    /// Waits for the thread, which ends soon after the VM starts stopping.
+    /// Wakes the loop and waits for the thread. Call it once the VM is stopping: the loop ends
+    /// when it wakes and sees the stop.
     pub(crate) fn join(self) {
+        if let Err(error) = self.wake.write(1) {
+            log::debug!("failed to wake the console input loop: {error}");
+        }
         if self.handle.join().is_err() {
             log::warn!("the console input thread panicked");
         }
@@ -523,14 +550,26 @@ pub(crate) fn start_input(
     let Some(source) = open_input(config)? else {
         return Ok(None);
     };
-    let input = Arc::new(ConsoleInput::new(source, serial, stop.clone()));
+    spawn_input_loop(source, serial, stop, POLL_INTERVAL_MS).map(Some)
+}
+
+/// Runs the input loop for `source` on a new thread, which checks for a stop each time epoll
+/// returns and at least every `poll_interval_ms`.
+fn spawn_input_loop(
+    source: Box<dyn InputSource>,
+    serial: Arc<Mutex<Serial>>,
+    stop: StopHandle,
+    poll_interval_ms: i32,
+) -> io::Result<ConsoleThread> {
+    let input = Arc::new(ConsoleInput::new(source, serial, stop.clone())?);
+    let wake = input.wake.try_clone()?;
     let mut manager: EventManager<Arc<ConsoleInput>> =
         EventManager::new().map_err(|error| io::Error::other(error.to_string()))?;
     manager.add_subscriber(input.clone());
     let handle = std::thread::Builder::new()
         .name("console".into())
         .spawn(move || {
-            let mut interval = POLL_INTERVAL_MS;
+            let mut interval = poll_interval_ms;
             while !stop.is_stopping() {
                 if let Err(error) = manager.run_with_timeout(interval) {
                     log::warn!(
@@ -541,11 +580,11 @@ pub(crate) fn start_input(
                 interval = if input.flush_pending() {
                     RETRY_INTERVAL_MS
                 } else {
-                    POLL_INTERVAL_MS
+                    poll_interval_ms
                 };
             }
         })?;
-    Ok(Some(ConsoleThread { handle }))
+    Ok(ConsoleThread { handle, wake })
 }
 
 #[cfg(test)]
@@ -611,6 +650,30 @@ mod tests {
         assert!(waiter.join().unwrap());
         assert!(!buffer.wait_for(b"never", Duration::from_millis(10)));
         assert_eq!(buffer.text(), "not yet, ready\n");
+    }
+
+    #[test]
+    fn console_join_wakes_input_loop() {
+        // The socket never becomes readable, so only the wake event can end the wait early.
+        let (_writer, reader) = UnixStream::pair().unwrap();
+        let serial = Arc::new(Mutex::new(Serial::new(
+            EventFd::new(EFD_NONBLOCK).unwrap(),
+            Box::new(io::sink()),
+        )));
+        let stop = StopHandle::new();
+        let poll_interval_ms = 600_000;
+        let thread =
+            spawn_input_loop(Box::new(reader), serial, stop.clone(), poll_interval_ms).unwrap();
+        // Let the loop enter its epoll wait before the stop.
+        std::thread::sleep(Duration::from_millis(50));
+        stop.request_stop();
+        let started = Instant::now();
+        thread.join();
+        let waited = started.elapsed();
+        assert!(
+            waited < Duration::from_secs(30),
+            "join took {waited:?}; the loop waited for its {poll_interval_ms} ms timeout"
+        );
     }
 
     #[test]

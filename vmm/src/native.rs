@@ -21,7 +21,7 @@ use crate::regs;
 const ZERO_PAGE: [u8; PAGE_SIZE_4K as usize] = [0; PAGE_SIZE_4K as usize];
 
 /// Returns the GPA of every 4 KiB page the plan writes, in plan order.
-pub fn plan_pages(plan: &Plan) -> impl Iterator<Item = u64> + '_ {
+pub fn plan_pages<'p>(plan: &'p Plan<'_>) -> impl Iterator<Item = u64> + 'p {
     plan.operations
         .iter()
         .flat_map(|op| op.pages_4k().map(|page| page.gpa))
@@ -200,7 +200,7 @@ mod tests {
         }
     }
 
-    fn plan(operations: Vec<LaunchOp>) -> Plan {
+    fn plan(operations: Vec<LaunchOp<'static>>) -> Plan<'static> {
         Plan {
             platform: Platform::Native,
             compatibility_mask: 2,
@@ -225,13 +225,13 @@ mod tests {
             op(
                 0x1000,
                 PAGE_SIZE_4K,
-                PageData::Bytes(vec![0xAA; 16]),
+                PageData::Bytes(vec![0xAA; 16].into()),
                 PageKind::Normal,
             ),
             op(
                 0x2000,
                 PAGE_SIZE_4K,
-                PageData::Bytes(vec![0xBB; 4096]),
+                PageData::Bytes(vec![0xBB; 4096].into()),
                 PageKind::Unmeasured,
             ),
             // A later zero page clears what the first operation wrote.
@@ -239,7 +239,7 @@ mod tests {
             op(
                 0x3000,
                 PAGE_SIZE_4K,
-                PageData::Bytes(vec![1, 2, 3]),
+                PageData::Bytes(vec![1, 2, 3].into()),
                 PageKind::Parameter { area_index: 0 },
             ),
         ]);
@@ -260,13 +260,13 @@ mod tests {
             op(
                 0x1000,
                 PAGE_SIZE_4K,
-                PageData::Bytes(vec![0xAA; 4096]),
+                PageData::Bytes(vec![0xAA; 4096].into()),
                 PageKind::Normal,
             ),
             op(
                 0x1000,
                 PAGE_SIZE_4K,
-                PageData::Bytes(vec![0x11; 8]),
+                PageData::Bytes(vec![0x11; 8].into()),
                 PageKind::Normal,
             ),
         ]);
@@ -285,7 +285,7 @@ mod tests {
         let plan = plan(vec![op(
             0x20_0000,
             PAGE_SIZE_2M,
-            PageData::Bytes(data),
+            PageData::Bytes(data.into()),
             PageKind::Normal,
         )]);
         assert_eq!(plan_pages(&plan).count(), 512);
@@ -302,7 +302,7 @@ mod tests {
         let plan = plan(vec![op(
             0x100_0000,
             PAGE_SIZE_4K,
-            PageData::Bytes(vec![1]),
+            PageData::Bytes(vec![1].into()),
             PageKind::Normal,
         )]);
         assert!(matches!(

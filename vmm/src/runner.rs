@@ -114,15 +114,27 @@ pub fn run_vm(config: VmConfig) -> Result<StopReason, VmmError> {
     }
 }
 
-/// A guest image loaded into freshly allocated guest memory, before any VM exists.
+/// A guest image loaded into freshly allocated guest memory, before any VM exists. `'a` is the
+/// lifetime of the IGVM file's bytes, from which the plan borrows its page data.
 #[derive(Debug)]
-pub struct LoadedGuest {
-    /// The plan the loader built (or the caller's plan).
-    pub plan: Plan,
+pub struct LoadedGuest<'a> {
+    /// The plan the loader built (or a copy of the caller's plan).
+    pub plan: Plan<'a>,
     /// Guest RAM around the 32-bit hole, with the firmware ranges the file fills.
     pub layout: MemoryLayout,
     /// Guest memory: RAM and the ranges outside RAM that the plan fills.
     pub memory: GuestMemoryMmap,
+}
+
+impl LoadedGuest<'_> {
+    /// Copies the page data that the plan borrows, so that the guest outlives the image.
+    pub fn into_owned(self) -> LoadedGuest<'static> {
+        LoadedGuest {
+            plan: self.plan.into_owned(),
+            layout: self.layout,
+            memory: self.memory,
+        }
+    }
 }
 
 /// Returns the host description that [`run_vm`] hands the loader for `memory_bytes` of RAM,
@@ -169,7 +181,7 @@ pub fn host_description_for(
 /// Loads `config.image` for the native platform into fresh guest memory, exactly as [`run_vm`]
 /// does before it creates the VM. `phys_bits` is the guest physical address width (KVM's, in
 /// `run_vm`).
-pub fn load_guest(config: &VmConfig, phys_bits: u8) -> Result<LoadedGuest, VmmError> {
+pub fn load_guest(config: &VmConfig, phys_bits: u8) -> Result<LoadedGuest<'_>, VmmError> {
     let guest = prepare_guest(config, Platform::Native, phys_bits)?;
     native::write_pages(&guest.plan, &guest.memory)?;
     Ok(guest)
@@ -181,12 +193,13 @@ fn prepare_guest(
     config: &VmConfig,
     platform: Platform,
     phys_bits: u8,
-) -> Result<LoadedGuest, VmmError> {
+) -> Result<LoadedGuest<'_>, VmmError> {
     let mut layout = MemoryLayout::new(config.memory_bytes)?;
     layout.check_address_width(phys_bits)?;
     let plan = match &config.image {
         GuestImage::Plan(plan) => (**plan).clone(),
         GuestImage::Igvm(bytes) => load_plan(bytes, &mut layout, config, platform, phys_bits)?,
+        GuestImage::IgvmFile(file) => load_plan(file, &mut layout, config, platform, phys_bits)?,
     };
     let extra = layout.extra_backing(native::plan_pages(&plan), phys_bits)?;
     let memory = memory::allocate(&layout, &extra)?;
@@ -202,13 +215,13 @@ fn prepare_guest(
 ///
 /// Pages the file places outside RAM (a firmware image below 4 GiB) are added to the memory
 /// map handed to the loader, so that it accepts them. They stay out of `etc/e820`.
-fn load_plan(
-    bytes: &[u8],
+fn load_plan<'f>(
+    bytes: &'f [u8],
     layout: &mut MemoryLayout,
     config: &VmConfig,
     platform: Platform,
     phys_bits: u8,
-) -> Result<Plan, VmmError> {
+) -> Result<Plan<'f>, VmmError> {
     let parsed = igvm_loader::parse(bytes)?;
     let firmware = firmware_ranges(&parsed, layout, platform, phys_bits)?;
     layout.set_firmware(firmware);

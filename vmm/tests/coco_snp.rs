@@ -52,7 +52,7 @@ fn host(vp_count: u32) -> HostDescription {
     }
 }
 
-fn snp_plan(name: &str, vp_count: u32) -> Plan {
+fn snp_plan(name: &str, vp_count: u32) -> Plan<'static> {
     load(
         &conformance(name),
         &LoadOptions {
@@ -62,6 +62,7 @@ fn snp_plan(name: &str, vp_count: u32) -> Plan {
         },
     )
     .unwrap()
+    .into_owned()
 }
 
 fn cpuid_table() -> Vec<kvm_cpuid_entry2> {

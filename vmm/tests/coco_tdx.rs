@@ -26,10 +26,12 @@ const MEMORY: GuestRange = GuestRange {
     size: 1 << 32,
 };
 
-fn tdp_plan() -> Plan {
+fn tdp_plan() -> Plan<'static> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../shared/conformance/tiny-tdp-synthetic.igvm");
-    plan_for_measurement(&std::fs::read(path).unwrap(), Platform::Tdx, 1).unwrap()
+    plan_for_measurement(&std::fs::read(path).unwrap(), Platform::Tdx, 1)
+        .unwrap()
+        .into_owned()
 }
 
 fn capabilities() -> Box<KvmTdxCapabilities> {
@@ -303,7 +305,7 @@ fn tdx_context(rcx: u64) -> IgvmNativeVpContextX64 {
     context
 }
 
-fn with_context(context: IgvmNativeVpContextX64) -> Plan {
+fn with_context(context: IgvmNativeVpContextX64) -> Plan<'static> {
     let mut plan = tdp_plan();
     plan.vp_contexts.push(VpContext {
         vp_index: 0,

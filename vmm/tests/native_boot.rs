@@ -38,13 +38,13 @@ fn halt(a: &mut CodeAssembler) -> Result<(), IcedError> {
 }
 
 /// Builds a plan whose BSP runs the code of `build` in 32-bit protected mode.
-fn flat32_plan(build: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>) -> Plan {
+fn flat32_plan(build: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>) -> Plan<'static> {
     let code = assemble(32, CODE, build);
     plan(pages(CODE, &code), vec![(0, flat32_context(CODE, STACK))])
 }
 
 /// Runs `plan` on `cpus` vCPUs and returns the stop reason and the bytes written to COM1.
-fn run_plan(plan: Plan, cpus: u32) -> (Result<StopReason, VmmError>, Vec<u8>) {
+fn run_plan(plan: Plan<'static>, cpus: u32) -> (Result<StopReason, VmmError>, Vec<u8>) {
     let (mut config, capture) = captured_config(GuestImage::Plan(Box::new(plan)));
     config.cpus = cpus;
     let result = run_limited(config, LIMIT);

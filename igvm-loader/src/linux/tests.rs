@@ -908,7 +908,7 @@ fn host(command_line: &str) -> HostDescription {
     }
 }
 
-fn load_native(file: &[u8], command_line: &str) -> Plan {
+fn load_native<'f>(file: &'f [u8], command_line: &str) -> Plan<'f> {
     load(
         file,
         &LoadOptions {

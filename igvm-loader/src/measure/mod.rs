@@ -628,12 +628,13 @@ fn placeholder_madt(vp_count: u32) -> Vec<u8> {
 }
 
 /// Parses `file` and builds the plan of `platform` on [`measurement_host`] with `vp_count`
-/// vCPUs, ready for [`measure_snp`] or [`measure_tdx`].
+/// vCPUs, ready for [`measure_snp`] or [`measure_tdx`]. The plan borrows its page data from
+/// `file`.
 pub fn plan_for_measurement(
     file: &[u8],
     platform: Platform,
     vp_count: u32,
-) -> Result<Plan, crate::LoadError> {
+) -> Result<Plan<'_>, crate::LoadError> {
     let parsed = crate::parse(file)?;
     let options = crate::LoadOptions {
         choice: crate::host::PlatformChoice::Exact(platform),

@@ -18,7 +18,7 @@ fn bytes_at(plan: &Plan, gpa: u64) -> Vec<u8> {
     let PageData::Bytes(bytes) = &op.data else {
         panic!("no bytes at {gpa:#x}");
     };
-    bytes.clone()
+    bytes.to_vec()
 }
 
 fn kind_counts(plan: &Plan) -> BTreeMap<String, usize> {

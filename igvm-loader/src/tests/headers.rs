@@ -1,5 +1,8 @@
 //! Header walk: optional headers, unknown headers, file-level indices and the rebuilt file.
 
+use igvm::{IgvmDirectiveHeader, IgvmInitializationHeader};
+use zerocopy::IntoBytes;
+
 use super::fixtures::*;
 use crate::error::LoadError;
 use crate::load::load;
@@ -97,7 +100,10 @@ fn optional_known_header_is_kept() {
     assert_eq!(plan.operations.len(), 1);
     assert_eq!(plan.operations[0].gpa, 0x2000);
     assert_eq!(plan.operations[0].source.header_type, PAGE_DATA);
-    assert_eq!(plan.operations[0].data, PageData::Bytes(vec![0x5A; 0x1000]));
+    assert_eq!(
+        plan.operations[0].data,
+        PageData::Bytes(vec![0x5A; 0x1000].into())
+    );
 }
 
 #[test]
@@ -107,7 +113,8 @@ fn optional_header_in_platform_section_is_skipped() {
         native_platform(),
         (PAGE_DATA, page_body(0x2000, NATIVE_MASK, 0, false)),
     ];
-    let parsed = parse(&assemble(&headers, &[])).unwrap();
+    let file = assemble(&headers, &[]);
+    let parsed = parse(&file).unwrap();
     assert_eq!(
         parsed.skipped_headers,
         vec![HeaderRef {
@@ -125,7 +132,8 @@ fn file_without_file_data_parses() {
         native_platform(),
         (PAGE_DATA, page_body(0x2000, NATIVE_MASK, 0, false)),
     ];
-    let plan = load(&assemble(&headers, &[]), &native_options()).unwrap();
+    let file = assemble(&headers, &[]);
+    let plan = load(&file, &native_options()).unwrap();
     assert_eq!(plan.operations.len(), 1);
     assert_eq!(plan.operations[0].data, PageData::Zero);
 }
@@ -137,7 +145,8 @@ fn version_string_is_kept_as_text() {
         (0x107, b"v1.2.3\0".to_vec()),
         (PAGE_DATA, page_body(0x2000, NATIVE_MASK, 0, false)),
     ];
-    let parsed = parse(&assemble(&headers, &[0; 8])).unwrap();
+    let file = assemble(&headers, &[0; 8]);
+    let parsed = parse(&file).unwrap();
     assert_eq!(parsed.version_string.as_deref(), Some("v1.2.3"));
     assert_eq!(parsed.directive_refs[0].index, 0);
 }
@@ -205,12 +214,37 @@ fn revision_round_trips_through_igvm() {
     );
 
     // Writing the parsed headers again with that revision gives a file that loads to the same
-    // plan.
+    // plan. The crate's PageData directives carry no data, so it is put back from the file.
+    let directives: Vec<IgvmDirectiveHeader> = parsed
+        .igvm
+        .directives()
+        .iter()
+        .enumerate()
+        .map(|(position, directive)| match directive {
+            IgvmDirectiveHeader::PageData {
+                gpa,
+                compatibility_mask,
+                flags,
+                data_type,
+                data,
+            } => {
+                assert!(data.is_empty(), "the crate copied page data");
+                IgvmDirectiveHeader::PageData {
+                    gpa: *gpa,
+                    compatibility_mask: *compatibility_mask,
+                    flags: *flags,
+                    data_type: *data_type,
+                    data: parsed.page_data(position).to_vec(),
+                }
+            }
+            other => other.clone(),
+        })
+        .collect();
     let rewritten = igvm::IgvmFile::new(
         parsed.revision,
         parsed.igvm.platforms().to_vec(),
         parsed.igvm.initializations().to_vec(),
-        parsed.igvm.directives().to_vec(),
+        directives,
     )
     .unwrap();
     let mut bytes = Vec::new();
@@ -320,4 +354,105 @@ fn version_2_page_size_is_checked() {
         matches!(&error, LoadError::InvalidFixedHeader { reason } if reason.contains("page size 0x10000")),
         "{error}"
     );
+}
+
+/// Returns whether `part` lies inside `whole`, so that it is a slice of it and not a copy.
+fn is_inside(part: &[u8], whole: &[u8]) -> bool {
+    let whole = whole.as_ptr_range();
+    let part = part.as_ptr_range();
+    whole.start <= part.start && part.end <= whole.end
+}
+
+/// Builds a native file with a CoRIM document of 4 bytes inside the initial data of two parameter
+/// areas, which share the same 4 KiB, then two 4 KiB pages with data. Returns the file, the
+/// offset of its file data section and the areas' initial data.
+fn file_with_shared_area_data() -> (Vec<u8>, usize, Vec<u8>) {
+    let area = |index: u32, file_offset: u32| {
+        igvm_defs::IGVM_VHS_PARAMETER_AREA {
+            number_of_bytes: 0x1000,
+            parameter_area_index: index,
+            file_offset,
+        }
+        .as_bytes()
+        .to_vec()
+    };
+    let headers = |data: u32| {
+        vec![
+            native_platform(),
+            (CORIM_DOCUMENT, corim_body(NATIVE_MASK, data + 0x2010, 4)),
+            (PARAMETER_AREA, area(0, data + 0x2000)),
+            (PARAMETER_AREA, area(1, data + 0x2000)),
+            (PAGE_DATA, page_body(0x1000, NATIVE_MASK, data, false)),
+            (
+                PAGE_DATA,
+                page_body(0x2000, NATIVE_MASK, data + 0x1000, false),
+            ),
+        ]
+    };
+    let data_start = assemble_data_offset(&headers(0));
+    let area_data: Vec<u8> = (0..0x1000).map(|i| (i % 251) as u8).collect();
+    let mut data = vec![0xA1; 0x1000];
+    data.extend_from_slice(&[0xB2; 0x1000]);
+    data.extend_from_slice(&area_data);
+    (
+        assemble(&headers(data_start), &data),
+        data_start as usize,
+        area_data,
+    )
+}
+
+#[test]
+fn rebuilt_file_drops_page_data() {
+    let (file, data_start, area_data) = file_with_shared_area_data();
+    let rebuilt = crate::raw::rebuild_for_crate(&crate::raw::walk(&file).unwrap());
+    // One copy of the areas' initial data, which contains the CoRIM, remains; the pages are
+    // gone.
+    assert_eq!(rebuilt.len(), data_start + 0x1000);
+    assert_eq!(&rebuilt[data_start..], &area_data[..]);
+}
+
+#[test]
+fn page_data_borrows_the_file() {
+    let (file, _, area_data) = file_with_shared_area_data();
+    let parsed = parse(&file).unwrap();
+    let corim: Vec<&IgvmInitializationHeader> = parsed.igvm.initializations().iter().collect();
+    assert_eq!(
+        corim,
+        [&IgvmInitializationHeader::CorimDocument {
+            compatibility_mask: NATIVE_MASK,
+            document: area_data[0x10..0x14].to_vec(),
+        }]
+    );
+    let directives = parsed.igvm.directives();
+    for (position, fill) in [(2, 0xA1), (3, 0xB2)] {
+        let IgvmDirectiveHeader::PageData { data, .. } = &directives[position] else {
+            panic!("directive {position} is not PageData");
+        };
+        assert!(data.is_empty(), "the crate copied page {position}");
+        let page = parsed.page_data(position);
+        assert_eq!(page, &[fill; 0x1000][..]);
+        assert!(is_inside(page, &file), "page {position} is a copy");
+    }
+    for position in [0, 1] {
+        let IgvmDirectiveHeader::ParameterArea { initial_data, .. } = &directives[position] else {
+            panic!("directive {position} is not ParameterArea");
+        };
+        assert_eq!(initial_data, &area_data);
+        assert!(parsed.page_data(position).is_empty());
+    }
+
+    let plan = crate::load::load_parsed(&parsed, &native_options()).unwrap();
+    assert_eq!(plan.operations.len(), 2);
+    for op in &plan.operations {
+        let PageData::Bytes(std::borrow::Cow::Borrowed(bytes)) = &op.data else {
+            panic!("operation at {:#x} does not borrow its bytes", op.gpa);
+        };
+        assert!(is_inside(bytes, &file), "operation at {:#x}", op.gpa);
+    }
+    let owned = plan.clone().into_owned();
+    assert_eq!(owned, plan);
+    assert!(owned
+        .operations
+        .iter()
+        .all(|op| matches!(op.data, PageData::Bytes(std::borrow::Cow::Owned(_)))));
 }

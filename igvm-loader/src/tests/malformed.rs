@@ -15,8 +15,8 @@ fn directive(index: usize, header_type: u32) -> HeaderRef {
     HeaderRef { header_type, index }
 }
 
-fn load_native(builder: &IgvmBuilder) -> Result<crate::plan::Plan, LoadError> {
-    load(&builder.build().unwrap(), &native_options())
+fn load_native(builder: &IgvmBuilder) -> Result<crate::plan::Plan<'static>, LoadError> {
+    load(&builder.build().unwrap(), &native_options()).map(crate::plan::Plan::into_owned)
 }
 
 #[test]
@@ -136,11 +136,12 @@ fn rejects_page_data_larger_than_page() {
             ..PageSpec::normal(0x20_0000, &[7; 16])
         })
         .unwrap();
-    let mut parsed = parse(&builder.build().unwrap()).unwrap();
+    let file = builder.build().unwrap();
+    let longer = vec![7u8; PAGE_SIZE_2M as usize + 1];
+    let mut parsed = parse(&file).unwrap();
     // A 2 MiB page's data comes from the file; make it one byte longer than the page, as a
     // corrupted parse would.
-    let data = parsed.large_page_data.get_mut(&0).unwrap();
-    data.push(0);
+    parsed.page_data[0] = &longer;
     let error = load_parsed(&parsed, &native_options()).unwrap_err();
     assert_eq!(
         error,
@@ -301,7 +302,8 @@ fn rejects_context_beyond_vp_count() {
 
     let mut two_cpus = native_options();
     two_cpus.host.vp_count = 2;
-    let plan = load(&builder.build().unwrap(), &two_cpus).unwrap();
+    let file = builder.build().unwrap();
+    let plan = load(&file, &two_cpus).unwrap();
     assert_eq!(plan.vp_contexts.len(), 2);
 }
 

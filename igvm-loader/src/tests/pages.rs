@@ -28,7 +28,8 @@ fn large_pages_become_2m_operations() {
         })
         .unwrap();
     builder.pages(0x60_0000, &[9; 10]).unwrap();
-    let plan = load(&builder.build().unwrap(), &native_options()).unwrap();
+    let file = builder.build().unwrap();
+    let plan = load(&file, &native_options()).unwrap();
 
     let shape: Vec<(u64, u64, PageKind)> = plan
         .operations
@@ -43,7 +44,10 @@ fn large_pages_become_2m_operations() {
             (0x60_0000, PAGE_SIZE_4K, PageKind::Normal),
         ]
     );
-    assert_eq!(plan.operations[0].data, PageData::Bytes(data.clone()));
+    assert_eq!(
+        plan.operations[0].data,
+        PageData::Bytes(data.clone().into())
+    );
     assert_eq!(plan.operations[1].data, PageData::Zero);
 
     let pages: Vec<_> = plan.operations[0].pages_4k().collect();
@@ -57,7 +61,10 @@ fn large_pages_become_2m_operations() {
 
     let mut expected_small = vec![9u8; 10];
     expected_small.resize(PAGE_SIZE_4K as usize, 0);
-    assert_eq!(plan.operations[2].data, PageData::Bytes(expected_small));
+    assert_eq!(
+        plan.operations[2].data,
+        PageData::Bytes(expected_small.into())
+    );
 }
 
 #[test]
@@ -89,8 +96,9 @@ fn flags_and_types_map_to_kinds() {
             .unwrap();
     }
     builder.pages(0x6000, &[0; 8]).unwrap();
+    let file = builder.build().unwrap();
     let plan = load(
-        &builder.build().unwrap(),
+        &file,
         &options(PlatformChoice::Exact(Platform::SevSnp), host_512m()),
     )
     .unwrap();

@@ -47,8 +47,9 @@ fn area_bytes(kind: ParameterKind, offset: u32) -> Vec<u8> {
     builder
         .parameter_area(4, 0x1000, &[(kind, offset)], AREA_GPA)
         .unwrap();
+    let file = builder.build().unwrap();
     let plan = load(
-        &builder.build().unwrap(),
+        &file,
         &options(PlatformChoice::Exact(Platform::Native), host()),
     )
     .unwrap();
@@ -200,8 +201,9 @@ fn several_parameters_share_an_area() {
             AREA_GPA,
         )
         .unwrap();
+    let file = builder.build().unwrap();
     let plan = load(
-        &builder.build().unwrap(),
+        &file,
         &options(PlatformChoice::Exact(Platform::Native), host()),
     )
     .unwrap();

@@ -182,14 +182,14 @@ impl Fixture {
     }
 }
 
-fn load_at(file: &[u8], base: Option<u64>) -> Result<Plan, LoadError> {
+fn load_at(file: &[u8], base: Option<u64>) -> Result<Plan<'_>, LoadError> {
     let mut options = native_options();
     options.relocation_base = base;
     load(file, &options)
 }
 
 /// Loads with `ram` bytes of guest RAM from 0 and no MMIO range.
-fn load_with_ram(file: &[u8], base: Option<u64>, ram: u64) -> Result<Plan, LoadError> {
+fn load_with_ram(file: &[u8], base: Option<u64>, ram: u64) -> Result<Plan<'_>, LoadError> {
     let mut host = host_512m();
     host.memory_map = vec![MemoryRegion {
         base: 0,
@@ -209,7 +209,7 @@ fn op_bytes(plan: &Plan, gpa: u64) -> Vec<u8> {
         .find(|op| op.gpa == gpa)
         .unwrap_or_else(|| panic!("no operation at {gpa:#x}"));
     match &op.data {
-        PageData::Bytes(bytes) => bytes.clone(),
+        PageData::Bytes(bytes) => bytes.to_vec(),
         PageData::Zero => vec![0; 0x1000],
     }
 }
@@ -222,7 +222,7 @@ fn entry(bytes: &[u8], index: usize) -> u64 {
     u64::from_le_bytes(bytes[index * 8..index * 8 + 8].try_into().unwrap())
 }
 
-fn native_context(plan: &Plan) -> &IgvmNativeVpContextX64 {
+fn native_context<'p>(plan: &'p Plan<'_>) -> &'p IgvmNativeVpContextX64 {
     assert_eq!(plan.vp_contexts.len(), 1);
     match &plan.vp_contexts[0].state {
         VpState::Native(context) => context,
@@ -239,7 +239,8 @@ fn relocation_error(header: HeaderRef, reason: &str) -> LoadError {
 
 #[test]
 fn native_file_parses_relocation_headers() {
-    let parsed = crate::parse::parse(&Fixture::default().build()).unwrap();
+    let file = Fixture::default().build();
+    let parsed = crate::parse::parse(&file).unwrap();
     assert!(parsed.initialization_refs.is_empty(), "the crate saw them");
     let refs: Vec<HeaderRef> = parsed.relocation_headers.iter().map(|(h, _)| *h).collect();
     assert_eq!(refs, vec![REGION_HEADER, PAGE_TABLE_HEADER]);
@@ -287,7 +288,8 @@ fn inspect_counts_relocation_headers() {
 
 #[test]
 fn relocation_moves_region_registers_and_page_tables() {
-    let plan = load_at(&Fixture::default().build(), Some(0x80_0000)).unwrap();
+    let file = Fixture::default().build();
+    let plan = load_at(&file, Some(0x80_0000)).unwrap();
 
     assert_eq!(
         gpas(&plan),
@@ -335,7 +337,8 @@ fn relocation_moves_region_down() {
 
 #[test]
 fn relocation_keeps_file_base_without_request() {
-    let plan = load_at(&Fixture::default().build(), None).unwrap();
+    let file = Fixture::default().build();
+    let plan = load_at(&file, None).unwrap();
     assert_eq!(
         gpas(&plan),
         vec![FIXED_PAGE, PML4, PDPT, PD, REGION, REGION + 0x1000]
@@ -1019,7 +1022,11 @@ fn builder_moves_file_data_behind_relocation_headers() {
     let plan = load_at(&file, Some(0x80_0000)).unwrap();
     assert_eq!(plan.host_only.corim_document, Some(document));
     assert_eq!(&op_bytes(&plan, 0x80_0000)[..4], b"code");
-    let large_op = plan.operations.iter().find(|op| op.gpa == 0x40_0000).unwrap();
-    assert_eq!(large_op.data, PageData::Bytes(large));
+    let large_op = plan
+        .operations
+        .iter()
+        .find(|op| op.gpa == 0x40_0000)
+        .unwrap();
+    assert_eq!(large_op.data, PageData::Bytes(large.into()));
     assert_eq!(native_context(&plan).rip, 0x80_0000);
 }

@@ -63,7 +63,8 @@ fn snp_options() -> crate::load::LoadOptions {
 
 #[test]
 fn id_block_uses_firmware_layout() {
-    let plan = load(&snp_file(true), &snp_options()).unwrap();
+    let file = snp_file(true);
+    let plan = load(&file, &snp_options()).unwrap();
     assert_eq!(plan.guest_policy, Some(0x3_0000));
     let block = plan.snp_id_block.unwrap();
     assert!(block.author_key_enabled);

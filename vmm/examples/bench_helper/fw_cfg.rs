@@ -66,8 +66,8 @@ pub fn pattern(len: usize) -> Vec<u8> {
 }
 
 /// Runs the fw_cfg guest with a file of `dma_bytes` and returns its timings. With `huge_pages`
-/// guest RAM is advised with `MADV_HUGEPAGE` first, which igvmm does not do: it shows what
-/// transparent huge pages would change.
+/// guest RAM is advised with `MADV_HUGEPAGE` again, and a refusal is an error.
+/// `memory::allocate` already gives the same advice but ignores a refusal.
 pub fn run(dma_bytes: u32, pio_bytes: u32, huge_pages: bool) -> Result<FwCfgRun, String> {
     let error = |context: &str| {
         let context = context.to_string();

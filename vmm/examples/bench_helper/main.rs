@@ -164,7 +164,8 @@ enum Task {
         /// KiB read through the data port, a multiple of 32.
         #[arg(long, default_value_t = 256)]
         pio_kib: u32,
-        /// Advise guest RAM with MADV_HUGEPAGE first, which igvmm does not do (an experiment).
+        /// Advise guest RAM with MADV_HUGEPAGE again. `memory::allocate` already does, so this
+        /// fails loudly where that advice is refused but changes nothing otherwise.
         #[arg(long)]
         huge_pages: bool,
     },

@@ -303,7 +303,7 @@ fn operation_source(op: &LaunchOp) -> Result<Vec<u8>, CocoError> {
     })?;
     let mut source = vec![0u8; size];
     if let PageData::Bytes(bytes) = &op.data {
-        for (target, byte) in source.iter_mut().zip(bytes) {
+        for (target, byte) in source.iter_mut().zip(bytes.iter()) {
             *target = *byte;
         }
     }

@@ -15,6 +15,7 @@ use serde_json::json;
 
 use crate::cli::{MeasureArgs, MeasuredPlatformArg};
 use crate::commands::write_stdout;
+use crate::config::MappedFile;
 
 /// A reason `igvmm measure` cannot produce a digest.
 #[derive(Debug, thiserror::Error)]
@@ -194,7 +195,7 @@ pub fn platform_digests(file: &[u8]) -> Vec<PlatformDigest> {
 
 /// Runs the subcommand.
 pub fn main(args: MeasureArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
-    let file = std::fs::read(&args.file).map_err(|source| MeasureCommandError::Read {
+    let file = MappedFile::open(&args.file).map_err(|source| MeasureCommandError::Read {
         path: args.file.display().to_string(),
         source,
     })?;

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use crate::cli::{PlatformArg, RunArgs};
 use crate::coco::{parse_hex, CocoError};
-use crate::config::{CocoOptions, EventStrings, GuestImage, PlatformRequest, VmConfig};
+use crate::config::{CocoOptions, EventStrings, GuestImage, MappedFile, PlatformRequest, VmConfig};
 use crate::console::{DebugconConfig, SerialConfig};
 use crate::demo::{self, DEMO_SUCCESS_STATUS};
 use crate::error::VmmError;
@@ -34,15 +34,15 @@ pub fn main(args: RunArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let serial = SerialConfig::parse(&args.serial)?;
     let debugcon = DebugconConfig::parse(&args.debugcon)?;
     let image = if args.demo {
-        demo::image()?
+        GuestImage::Igvm(demo::image()?)
     } else {
         match &args.file {
-            Some(path) => read_image(path)?,
+            Some(path) => GuestImage::IgvmFile(map_image(path)?),
             None => return Err("no IGVM file given; pass a file or --demo".into()),
         }
     };
 
-    let mut config = VmConfig::new(GuestImage::Igvm(image));
+    let mut config = VmConfig::new(image);
     config.memory_bytes = memory_bytes;
     config.cpus = args.cpus;
     config.platform = platform;
@@ -82,6 +82,18 @@ pub fn read_image(path: &Path) -> Result<Vec<u8>, VmmError> {
         return Err(VmmError::ImageIsDirectory(path.to_path_buf()));
     }
     std::fs::read(path).map_err(|source| VmmError::ReadImage {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Maps an IGVM file read-only, with errors that name the path. The file must not be modified
+/// while the VM runs (see [`MappedFile`]).
+pub fn map_image(path: &Path) -> Result<MappedFile, VmmError> {
+    if path.is_dir() {
+        return Err(VmmError::ImageIsDirectory(path.to_path_buf()));
+    }
+    MappedFile::open(path).map_err(|source| VmmError::ReadImage {
         path: path.to_path_buf(),
         source,
     })

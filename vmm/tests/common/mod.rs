@@ -53,7 +53,7 @@ fn source(index: usize) -> HeaderRef {
 }
 
 /// Returns 4 KiB launch operations that place `bytes` from `gpa` on.
-pub fn pages(gpa: u64, bytes: &[u8]) -> Vec<LaunchOp> {
+pub fn pages(gpa: u64, bytes: &[u8]) -> Vec<LaunchOp<'static>> {
     bytes
         .chunks(PAGE_SIZE_4K as usize)
         .enumerate()
@@ -61,14 +61,17 @@ pub fn pages(gpa: u64, bytes: &[u8]) -> Vec<LaunchOp> {
             gpa: gpa + index as u64 * PAGE_SIZE_4K,
             size: PAGE_SIZE_4K,
             kind: PageKind::Normal,
-            data: PageData::Bytes(chunk.to_vec()),
+            data: PageData::Bytes(chunk.to_vec().into()),
             source: source(index),
         })
         .collect()
 }
 
 /// Returns a native plan with `operations` and a VP context per `(vp_index, context)`.
-pub fn plan(operations: Vec<LaunchOp>, contexts: Vec<(u16, IgvmNativeVpContextX64)>) -> Plan {
+pub fn plan(
+    operations: Vec<LaunchOp<'static>>,
+    contexts: Vec<(u16, IgvmNativeVpContextX64)>,
+) -> Plan<'static> {
     let ops = operations.len();
     Plan {
         platform: Platform::Native,
