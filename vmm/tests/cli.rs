@@ -80,7 +80,7 @@ demo done
     assert_eq!(stdout(&output), expected, "stderr: {}", stderr(&output));
     assert_eq!(
         stderr(&output),
-        "igvmm: guest wrote to the debug-exit port 0x501 (exit status 1)\n"
+        "igvmm: the demo guest finished (debug-exit value 0, reported as exit status 0)\n"
     );
     assert_eq!(output.status.code(), Some(0));
 }

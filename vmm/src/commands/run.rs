@@ -58,22 +58,29 @@ pub fn main(args: RunArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     config.coco = coco;
     config.handle_signals = true;
 
-    let reason = run_vm(config)?;
-    eprintln!("igvmm: {reason}");
-    if let Some(report) = reason.crash_report() {
-        eprint!("{report}");
-    }
+    let file_name = args.file.as_ref().map(|path| path.display().to_string());
+    let reason = match run_vm(config) {
+        Ok(reason) => reason,
+        Err(error @ VmmError::Load(_)) => match file_name {
+            Some(name) => return Err(format!("{name}: {error}").into()),
+            None => return Err(error.into()),
+        },
+        Err(error) => return Err(error.into()),
+    };
     let demo_succeeded = args.demo
         && reason
             == StopReason::DebugExit {
                 status: DEMO_SUCCESS_STATUS,
             };
-    let status = if demo_succeeded {
-        0
-    } else {
-        reason.exit_status()
-    };
-    Ok(ExitCode::from(status))
+    if demo_succeeded {
+        eprintln!("igvmm: the demo guest finished (debug-exit value 0, reported as exit status 0)");
+        return Ok(ExitCode::SUCCESS);
+    }
+    eprintln!("igvmm: {reason}");
+    if let Some(report) = reason.crash_report() {
+        eprint!("{report}");
+    }
+    Ok(ExitCode::from(reason.exit_status()))
 }
 
 /// Reads an IGVM file, with errors that name the path.
