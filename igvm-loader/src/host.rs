@@ -1,4 +1,4 @@
-//! What the host tells the loader about the machine it will run the guest on.
+//! The host's description of the machine that will run the guest.
 //!
 //! The loader fills IGVM parameter areas (memory map, VP count, command line, ACPI tables, device
 //! tree, MMIO ranges, environment information) from this description. The VMM builds the ACPI
@@ -24,7 +24,7 @@ pub struct MemoryRegion {
     pub base: u64,
     /// Length in bytes.
     pub size: u64,
-    /// What the region holds.
+    /// The content type of the region.
     pub kind: MemoryKind,
 }
 
@@ -61,7 +61,7 @@ impl HostDescription {
     }
 }
 
-/// Which platform the caller wants.
+/// The platform request of the caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PlatformChoice {
     /// The strongest platform that both the file and the host support (SEV-SNP and TDX over

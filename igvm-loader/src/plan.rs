@@ -20,7 +20,7 @@ pub const PAGE_SIZE_4K: u64 = 0x1000;
 /// Size of a large page in bytes.
 pub const PAGE_SIZE_2M: u64 = 0x20_0000;
 
-/// An isolation platform that igvmm knows how to load or measure.
+/// An isolation platform that igvmm can load or measure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Platform {
     /// No isolation: the guest runs as an ordinary KVM guest.
@@ -61,7 +61,7 @@ pub struct HeaderRef {
     pub index: usize,
 }
 
-/// How the platform treats one page of a [`LaunchOp`].
+/// The platform treatment of one page of a [`LaunchOp`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PageKind {
     /// Measured page data. Empty data is a page of zeros that is still measured (SNP NORMAL, TDX
@@ -114,7 +114,7 @@ pub struct LaunchOp<'a> {
     /// [`PAGE_SIZE_4K`] or [`PAGE_SIZE_2M`]. Backends and measurements treat a 2 MiB operation as 512
     /// 4 KiB pages in ascending order (see [`LaunchOp::pages_4k`]).
     pub size: u64,
-    /// How the platform treats these pages.
+    /// The platform treatment of these pages.
     pub kind: PageKind,
     /// The contents.
     pub data: PageData<'a>,

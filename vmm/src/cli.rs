@@ -93,7 +93,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub cmdline: Option<String>,
 
-    /// Where the COM1 console goes: stdio, file:PATH or none.
+    /// Destination of the COM1 console: stdio, file:PATH or none.
     #[arg(long, default_value = "stdio")]
     pub serial: String,
 
@@ -143,8 +143,9 @@ pub struct RunArgs {
     #[arg(long)]
     pub tdx_debug: bool,
 
-    /// TDX: path of a Quote Generation Service socket for GetQuote; without it GetQuote is
-    /// answered as unsupported.
+    /// TDX: path of a Quote Generation Service socket for GetQuote. Forwarding is not
+    /// implemented yet, so a TDX launch with this option fails, and without it every GetQuote
+    /// gets the "unsupported" status.
     #[arg(long)]
     pub quote_socket: Option<PathBuf>,
 }
