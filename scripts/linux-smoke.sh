@@ -14,7 +14,9 @@
 # add` with a small CoRIM document for the native platform, `igvmm run`. Checks:
 #   1. the kernel banner "Linux version" on COM1 (earlyprintk=serial);
 #   2. the initramfs line "<sha256 of the CoRIM>  /sys/firmware/qemu_fw_cfg/by_name/opt/igvm/corim/raw";
-#   3. a clean exit: `poweroff -f` halts every vCPU, which igvmm reports with status 0.
+#   3. a clean exit: `poweroff -f` halts every vCPU, which igvmm reports with status 0;
+#   4. with --cpus N above 1, Linux's "smp: Brought up 1 node, N CPUs": it started every AP
+#      that the MADT lists through INIT/SIPI.
 # When KVM stops the guest with KVM_EXIT_INTERNAL_ERROR after the banner, as kvm_pvm (a software
 # nested hypervisor) does with Linux, checks 2 and 3 are reported as skipped and the script
 # exits 0. With --bzimage, kvm_pvm stops the kernel's decompressor before the banner; that is
@@ -29,7 +31,10 @@ cpus=1
 while [ $# -gt 0 ]; do
     case "$1" in
         --bzimage) kernel_name=vmlinuz ;;
-        --cpus) cpus="$2"; shift ;;
+        --cpus)
+            cpus="${2:-}"
+            case "$cpus" in ''|*[!0-9]*) echo "--cpus needs a number" >&2; exit 2 ;; esac
+            shift ;;
         *) echo "usage: $0 [--bzimage] [--cpus N]" >&2; exit 2 ;;
     esac
     shift
@@ -85,9 +90,20 @@ fi
 say "ok: $(grep -m1 -o 'Linux version [^ ]*' "$serial")"
 
 if [ -n "$internal_error" ]; then
-    say "SKIP: CoRIM hash and clean exit: KVM stopped the kernel with $internal_error"
+    skipped="CoRIM hash and clean exit"
+    [ "$cpus" -gt 1 ] && skipped="start of $cpus CPUs, $skipped"
+    say "SKIP: $skipped: KVM stopped the kernel with $internal_error"
     say "      after $(wc -l < "$serial") lines of console output; this host's KVM (kvm_pvm) cannot run Linux"
     exit 0
+fi
+
+if [ "$cpus" -gt 1 ]; then
+    smp_line="smp: Brought up 1 node, $cpus CPUs"
+    if ! grep -qF "$smp_line" "$serial"; then
+        grep -E 'smp:|APIC|CPU[0-9]' "$serial" | tail -n 20 || true
+        fail "no '$smp_line' on COM1"
+    fi
+    say "ok: $smp_line"
 fi
 
 corim_line="$expected_hash  /sys/firmware/qemu_fw_cfg/by_name/opt/igvm/corim/raw"

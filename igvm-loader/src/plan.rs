@@ -40,7 +40,7 @@ impl Platform {
             Platform::Native => "native",
             Platform::SevSnp => "sev-snp",
             Platform::Tdx => "tdx",
-            Platform::Vbs => "vbs",
+            Platform::Vbs => "vsm-isolation",
         }
     }
 }

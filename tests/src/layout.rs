@@ -77,6 +77,23 @@ pub mod cr0 {
     pub const PG: u64 = 1 << 31;
 }
 
+/// The local APIC in xAPIC mode: its MMIO base, the register offsets a guest uses to start an
+/// AP, and the interrupt command values.
+pub mod lapic {
+    /// Physical address of every CPU's local APIC registers.
+    pub const BASE: u64 = 0xfee0_0000;
+    /// Spurious interrupt vector register; bit 8 enables the APIC in software.
+    pub const SVR: i32 = 0xf0;
+    /// Interrupt command register, low half: writing it sends the IPI.
+    pub const ICR_LOW: i32 = 0x300;
+    /// Interrupt command register, high half: the destination APIC ID in bits 24..31.
+    pub const ICR_HIGH: i32 = 0x310;
+    /// ICR: INIT, level assert.
+    pub const ICR_INIT: u32 = 0x0000_4500;
+    /// ICR: start-up, level assert; the vector goes in the low byte.
+    pub const ICR_STARTUP: u32 = 0x0000_4600;
+}
+
 /// CR4 bit: physical address extension, required for long mode.
 pub const CR4_PAE: u64 = 1 << 5;
 /// EFER bit: long mode enable.

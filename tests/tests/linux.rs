@@ -19,6 +19,10 @@ use igvm_loader::linux::table_loader::{self, FileRef, FileSource, Zone};
 use igvm_loader::linux::{pack_kernel_with_layout, KernelPackOptions, PackedKernel};
 use igvmm_tests::asm::{GuestAsm, Mode};
 use igvmm_tests::harness::{boot, debug_exit, Outcome, VmConfig};
+use igvmm_tests::layout::lapic::{
+    BASE as LAPIC_BASE, ICR_HIGH as LAPIC_ICR_HIGH, ICR_INIT, ICR_LOW as LAPIC_ICR_LOW,
+    ICR_STARTUP, SVR as LAPIC_SVR,
+};
 use sha2::{Digest, Sha256};
 use vmm::{DebugconConfig, GuestImage, SharedBuffer, StopReason};
 
@@ -542,4 +546,158 @@ fn debian_kernel_prints_banner() {
         "the kernel did not power off cleanly: {}",
         outcome.stop
     );
+}
+
+/// Where the SMP stub copies its real-mode AP start-up code: usable RAM below 1 MiB in the
+/// shim's e820 map, as a SIPI vector requires. The AP starts with CS = 0x5000, IP = 0.
+const AP_TRAMPOLINE_GPA: u64 = 0x5_0000;
+/// Offset in the trampoline's segment of the byte an AP sets once it has printed.
+const AP_FLAG_OFFSET: u32 = 0x1000;
+/// Offset in the trampoline's segment of the AP's stack top.
+const AP_STACK_OFFSET: u32 = 0x2000;
+
+/// Assembles the AP start-up code: print the APIC ID from CPUID, set the flag, halt.
+fn ap_trampoline() -> Vec<u8> {
+    let mut g = GuestAsm::new(Mode::Real).unwrap();
+    g.a.mov(ax, cs).unwrap();
+    g.a.mov(ds, ax).unwrap();
+    g.a.mov(ss, ax).unwrap();
+    g.a.mov(sp, AP_STACK_OFFSET).unwrap();
+    g.a.mov(eax, 1u32).unwrap();
+    g.a.cpuid().unwrap();
+    g.a.shr(ebx, 24).unwrap();
+    g.print("ap apic=").unwrap();
+    g.print_hex32(ebx, 2).unwrap();
+    g.print("\n").unwrap();
+    g.a.mov(byte_ptr(AP_FLAG_OFFSET), 1u32).unwrap();
+    g.halt_forever().unwrap();
+    g.assemble(0).unwrap()
+}
+
+/// Assembles a stub that starts the application processors as Linux does. It follows
+/// `acpi_rsdp_addr` to the XSDT and the MADT. For every enabled local APIC entry other than its
+/// own, it sends INIT and a start-up IPI through its local APIC. Each AP runs [`ap_trampoline`],
+/// and the stub waits for it before it starts the next. At the end it prints the count.
+fn smp_stub_kernel(origin: u64) -> Vec<u8> {
+    const FLAG_GPA: u64 = AP_TRAMPOLINE_GPA + AP_FLAG_OFFSET as u64;
+
+    let trampoline = ap_trampoline();
+    let mut g = GuestAsm::new(Mode::Long).unwrap();
+    let mut trampoline_bytes = g.a.create_label();
+    g.a.mov(r15, rsi).unwrap();
+    g.a.mov(rsp, STUB_STACK_TOP).unwrap();
+    g.a.cld().unwrap();
+    g.a.lea(rsi, ptr(trampoline_bytes)).unwrap();
+    g.a.mov(rdi, AP_TRAMPOLINE_GPA).unwrap();
+    g.a.mov(ecx, trampoline.len() as u32).unwrap();
+    g.a.rep().movsb().unwrap();
+
+    // r12d: this CPU's APIC ID; r9d: CPUs running.
+    g.a.mov(eax, 1u32).unwrap();
+    g.a.cpuid().unwrap();
+    g.a.shr(ebx, 24).unwrap();
+    g.a.mov(r12d, ebx).unwrap();
+    g.a.mov(r9d, 1u32).unwrap();
+    g.a.mov(rdi, LAPIC_BASE).unwrap();
+    g.a.mov(dword_ptr(rdi + LAPIC_SVR), 0x1ffu32).unwrap();
+
+    // The XSDT's entries start at offset 36; find the one whose signature is "APIC".
+    let mut no_madt = g.a.create_label();
+    let mut next_table = g.a.create_label();
+    let mut found = g.a.create_label();
+    g.a.mov(r14, qword_ptr(r15 + 0x70)).unwrap();
+    g.a.mov(r13, qword_ptr(r14 + 24)).unwrap();
+    g.a.mov(r10d, dword_ptr(r13 + 4)).unwrap();
+    g.a.add(r10, r13).unwrap();
+    g.a.add(r13, 36).unwrap();
+    g.a.set_label(&mut next_table).unwrap();
+    g.a.cmp(r13, r10).unwrap();
+    g.a.jae(no_madt).unwrap();
+    g.a.mov(rax, qword_ptr(r13)).unwrap();
+    g.a.add(r13, 8).unwrap();
+    g.a.cmp(dword_ptr(rax), u32::from_le_bytes(*b"APIC"))
+        .unwrap();
+    g.a.jne(next_table).unwrap();
+    g.a.jmp(found).unwrap();
+    g.a.set_label(&mut no_madt).unwrap();
+    g.print("no MADT\n").unwrap();
+    g.exit(1).unwrap();
+
+    // MADT entries start at offset 44: type, length, then for type 0 the processor ID, the
+    // APIC ID and the flags (bit 0: enabled).
+    g.a.set_label(&mut found).unwrap();
+    let mut next_entry = g.a.create_label();
+    let mut skip = g.a.create_label();
+    let mut done = g.a.create_label();
+    let mut wait_ap = g.a.create_label();
+    g.a.mov(r14d, dword_ptr(rax + 4)).unwrap();
+    g.a.add(r14, rax).unwrap();
+    g.a.lea(r13, qword_ptr(rax + 44)).unwrap();
+    g.a.set_label(&mut next_entry).unwrap();
+    g.a.cmp(r13, r14).unwrap();
+    g.a.jae(done).unwrap();
+    g.a.movzx(r10d, byte_ptr(r13 + 1)).unwrap();
+    g.a.test(r10d, r10d).unwrap();
+    g.a.jz(done).unwrap();
+    g.a.cmp(byte_ptr(r13), 0).unwrap();
+    g.a.jne(skip).unwrap();
+    g.a.test(byte_ptr(r13 + 4), 1).unwrap();
+    g.a.jz(skip).unwrap();
+    g.a.movzx(r11d, byte_ptr(r13 + 3)).unwrap();
+    g.print("madt lapic=").unwrap();
+    g.print_hex32(r11d, 2).unwrap();
+    g.print("\n").unwrap();
+    g.a.cmp(r11d, r12d).unwrap();
+    g.a.je(skip).unwrap();
+    g.a.mov(rdx, FLAG_GPA).unwrap();
+    g.a.mov(byte_ptr(rdx), 0u32).unwrap();
+    g.a.mov(rdi, LAPIC_BASE).unwrap();
+    g.a.mov(eax, r11d).unwrap();
+    g.a.shl(eax, 24).unwrap();
+    g.a.mov(dword_ptr(rdi + LAPIC_ICR_HIGH), eax).unwrap();
+    g.a.mov(dword_ptr(rdi + LAPIC_ICR_LOW), ICR_INIT).unwrap();
+    g.a.mov(dword_ptr(rdi + LAPIC_ICR_HIGH), eax).unwrap();
+    g.a.mov(
+        dword_ptr(rdi + LAPIC_ICR_LOW),
+        ICR_STARTUP | (AP_TRAMPOLINE_GPA >> 12) as u32,
+    )
+    .unwrap();
+    g.a.set_label(&mut wait_ap).unwrap();
+    g.a.pause().unwrap();
+    g.a.cmp(byte_ptr(rdx), 1).unwrap();
+    g.a.jne(wait_ap).unwrap();
+    g.a.inc(r9d).unwrap();
+    g.a.set_label(&mut skip).unwrap();
+    g.a.add(r13, r10).unwrap();
+    g.a.jmp(next_entry).unwrap();
+
+    g.a.set_label(&mut done).unwrap();
+    g.print("cpus up=").unwrap();
+    g.print_hex32(r9d, 2).unwrap();
+    g.print("\n").unwrap();
+    g.exit(STUB_EXIT_VALUE).unwrap();
+    g.a.set_label(&mut trampoline_bytes).unwrap();
+    g.a.db(&trampoline).unwrap();
+    g.assemble(origin).unwrap()
+}
+
+#[test]
+fn stub_starts_aps_from_madt() {
+    let packed = pack(elf_kernel(&smp_stub_kernel(KERNEL_GPA)), None, "");
+    let config = VmConfig {
+        cpus: 3,
+        memory: 256 << 20,
+        ..VmConfig::default()
+    };
+    let outcome = run(&packed, &config);
+    assert_eq!(
+        outcome.text(),
+        "madt lapic=00\n\
+         madt lapic=01\n\
+         ap apic=01\n\
+         madt lapic=02\n\
+         ap apic=02\n\
+         cpus up=03\n"
+    );
+    assert_eq!(outcome.stop, debug_exit(STUB_EXIT_VALUE));
 }

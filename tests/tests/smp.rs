@@ -9,19 +9,14 @@ use iced_x86::code_asm::*;
 use igvmm_tests::asm::{AsmResult, GuestAsm, Mode};
 use igvmm_tests::guest;
 use igvmm_tests::harness::{boot, debug_exit, VmConfig};
+use igvmm_tests::layout::lapic::{
+    BASE as LAPIC_BASE, ICR_HIGH as LAPIC_ICR_HIGH, ICR_INIT, ICR_LOW as LAPIC_ICR_LOW,
+    ICR_STARTUP, SVR as LAPIC_SVR,
+};
 use igvmm_tests::layout::{self, AP_SIPI_VECTOR, AP_TRAMPOLINE_GPA, CODE_GPA, PML4_GPA, VARS_GPA};
 
 /// Where the AP's long-mode program goes when VP 1 has its own context.
 const AP_CODE_GPA: u64 = CODE_GPA + 0x4000;
-/// Local APIC registers.
-const LAPIC_BASE: u64 = 0xfee0_0000;
-const LAPIC_SVR: i32 = 0xf0;
-const LAPIC_ICR_LOW: i32 = 0x300;
-const LAPIC_ICR_HIGH: i32 = 0x310;
-/// ICR: INIT, level assert.
-const ICR_INIT: u32 = 0x0000_4500;
-/// ICR: start-up, level assert; the vector goes in the low byte.
-const ICR_STARTUP: u32 = 0x0000_4600;
 
 /// Prints "<who> apic=<id>\n" with the ID from CPUID.
 fn print_apic_id(g: &mut GuestAsm, role: &str) -> AsmResult<()> {

@@ -55,9 +55,9 @@ pub enum MeasuredPlatformArg {
     Tdx,
 }
 
-/// A platform a CoRIM can be attached to.
+/// A platform an IGVM file can declare: the target of `pack --platform` and of a CoRIM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum CorimPlatformArg {
+pub enum FilePlatformArg {
     /// The native platform.
     Native,
     /// AMD SEV-SNP.
@@ -213,6 +213,10 @@ pub struct PackArgs {
     /// Default kernel command line for --kernel; `igvmm run --cmdline` overrides it.
     #[arg(long)]
     pub cmdline: Option<String>,
+    /// Platforms the file declares, comma-separated. Only native is written yet: sev-snp and
+    /// tdx are rejected with the reason.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "native")]
+    pub platform: Vec<FilePlatformArg>,
     /// Output IGVM file.
     #[arg(short, long)]
     pub output: PathBuf,
@@ -224,7 +228,7 @@ pub struct PackArgs {
     pub corim_signature: Option<PathBuf>,
     /// The platform --corim applies to.
     #[arg(long, value_enum, requires = "corim")]
-    pub corim_platform: Option<CorimPlatformArg>,
+    pub corim_platform: Option<FilePlatformArg>,
     /// Generate a launch-measurement CoRIM for each measurable platform (sev-snp, tdx), with
     /// igvmm's predicted measurement of a KVM launch with one vCPU as the reference value.
     #[arg(long, conflicts_with = "corim")]
@@ -243,7 +247,7 @@ pub enum CorimCommand {
         file: PathBuf,
         /// The platform whose CoRIM to extract.
         #[arg(long, value_enum)]
-        platform: CorimPlatformArg,
+        platform: FilePlatformArg,
         /// Output file.
         #[arg(short, long)]
         output: PathBuf,
@@ -254,7 +258,7 @@ pub enum CorimCommand {
         input: PathBuf,
         /// The platform the CoRIM applies to.
         #[arg(long, value_enum)]
-        platform: CorimPlatformArg,
+        platform: FilePlatformArg,
         /// The CoRIM document.
         #[arg(long)]
         document: PathBuf,

@@ -325,6 +325,69 @@ fn pack_kernel_rejects_empty_kernel() {
 }
 
 #[test]
+fn pack_rejects_confidential_platforms() {
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("pack-platform");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let output_path = dir.join("out.igvm");
+    let output_arg = output_path.to_str().unwrap();
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &["--kernel", "/dev/null", "--platform", "native,sev-snp"],
+            "igvmm: --platform sev-snp: pack --kernel cannot write an SEV-SNP file yet: the boot \
+             shim reaches COM1 and fw_cfg by port I/O without a GHCB, does not validate guest \
+             memory with PVALIDATE, and does not pass the CPUID and secrets pages to Linux\n",
+        ),
+        (
+            &["--kernel", "/dev/null", "--platform", "tdx"],
+            "igvmm: --platform tdx: pack --kernel cannot write a TDX file yet: the boot shim \
+             reaches COM1 and fw_cfg by port I/O without TDVMCALL, does not accept guest memory, \
+             and does not start the APs through the ACPI multiprocessor wakeup mailbox\n",
+        ),
+        (
+            &["--demo", "--platform", "sev-snp"],
+            "igvmm: --platform sev-snp: pack --firmware and pack --demo write native files only: \
+             neither a PC firmware image such as SeaBIOS nor the demo guest runs as a \
+             confidential guest\n",
+        ),
+        (
+            &["--firmware", "/dev/null", "--platform", "tdx"],
+            "igvmm: --platform tdx: pack --firmware and pack --demo write native files only: \
+             neither a PC firmware image such as SeaBIOS nor the demo guest runs as a \
+             confidential guest\n",
+        ),
+    ];
+    for (source, expected) in cases {
+        let mut args = vec!["pack"];
+        args.extend_from_slice(source);
+        args.extend_from_slice(&["-o", output_arg]);
+        let output = igvmm(&args);
+        assert_eq!(output.status.code(), Some(1), "{args:?}");
+        assert_eq!(stderr(&output), expected, "{args:?}");
+        assert!(!output_path.exists(), "{args:?} wrote {output_arg}");
+    }
+
+    // Native, named or by default, writes the same file.
+    let named = dir.join("named.igvm");
+    let output = igvmm(&[
+        "pack",
+        "--demo",
+        "--platform",
+        "native",
+        "-o",
+        named.to_str().unwrap(),
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let default = dir.join("default.igvm");
+    let output = igvmm(&["pack", "--demo", "-o", default.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(
+        std::fs::read(named).unwrap(),
+        std::fs::read(default).unwrap()
+    );
+}
+
+#[test]
 fn demo_reads_corim_by_dma() {
     if !kvm_available("demo_reads_corim_by_dma") {
         return;

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use igvm_loader::corim::{self, ReferenceMatch};
 use igvm_loader::plan::Platform;
 
-use crate::cli::{CorimCommand, CorimPlatformArg};
+use crate::cli::{CorimCommand, FilePlatformArg};
 use crate::commands::measure::{host_cpuid_signature, measure_file, MeasureOptions};
 
 /// A reason a `corim` subcommand failed.
@@ -36,11 +36,11 @@ pub enum CorimCommandError {
     NoCorim(Platform),
 }
 
-fn platform_of(arg: CorimPlatformArg) -> Platform {
+fn platform_of(arg: FilePlatformArg) -> Platform {
     match arg {
-        CorimPlatformArg::Native => Platform::Native,
-        CorimPlatformArg::SevSnp => Platform::SevSnp,
-        CorimPlatformArg::Tdx => Platform::Tdx,
+        FilePlatformArg::Native => Platform::Native,
+        FilePlatformArg::SevSnp => Platform::SevSnp,
+        FilePlatformArg::Tdx => Platform::Tdx,
     }
 }
 

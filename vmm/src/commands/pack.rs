@@ -4,12 +4,14 @@
 use std::path::Path;
 use std::process::ExitCode;
 
+use clap::ValueEnum;
+
 use igvm::IgvmFile;
 use igvm_loader::builder;
 use igvm_loader::corim;
 use igvm_loader::plan::Platform;
 
-use crate::cli::{CorimPlatformArg, PackArgs};
+use crate::cli::{FilePlatformArg, PackArgs};
 use crate::commands::write_stdout;
 use crate::demo;
 
@@ -18,6 +20,7 @@ pub fn main(args: PackArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     if args.initrd.is_some() && args.kernel.is_none() {
         return Err("--initrd applies to --kernel only".into());
     }
+    check_platforms(&args)?;
     let mut image = if args.demo {
         demo::image()?
     } else if let Some(firmware) = &args.firmware {
@@ -80,6 +83,39 @@ pub fn embed_corim(
     corim::add_or_replace(image, mask, document, signature)
 }
 
+/// Rejects a `--platform` list that names a platform `pack` cannot write for the chosen source,
+/// with the reason. Every source is native-only for now.
+fn check_platforms(args: &PackArgs) -> Result<(), String> {
+    if args.platform.is_empty() {
+        return Err("--platform needs at least one of native, sev-snp, tdx".to_string());
+    }
+    for platform in &args.platform {
+        let reason = match (platform, args.kernel.is_some()) {
+            (FilePlatformArg::Native, _) => continue,
+            (FilePlatformArg::SevSnp, true) => {
+                "pack --kernel cannot write an SEV-SNP file yet: the boot shim reaches COM1 and \
+                 fw_cfg by port I/O without a GHCB, does not validate guest memory with PVALIDATE, \
+                 and does not pass the CPUID and secrets pages to Linux"
+            }
+            (FilePlatformArg::Tdx, true) => {
+                "pack --kernel cannot write a TDX file yet: the boot shim reaches COM1 and fw_cfg \
+                 by port I/O without TDVMCALL, does not accept guest memory, and does not start \
+                 the APs through the ACPI multiprocessor wakeup mailbox"
+            }
+            (FilePlatformArg::SevSnp | FilePlatformArg::Tdx, false) => {
+                "pack --firmware and pack --demo write native files only: neither a PC firmware \
+                 image such as SeaBIOS nor the demo guest runs as a confidential guest"
+            }
+        };
+        let name = platform
+            .to_possible_value()
+            .map(|value| value.get_name().to_string())
+            .unwrap_or_default();
+        return Err(format!("--platform {name}: {reason}"));
+    }
+    Ok(())
+}
+
 fn read_input(path: &Path) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
     if path.is_dir() {
         return Err(format!("{} is a directory, not a file", path.display()).into());
@@ -90,13 +126,13 @@ fn read_input(path: &Path) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
 /// Returns the platform a `--corim` applies to: the one named, or the file's only platform.
 fn corim_platform(
     image: &[u8],
-    named: Option<CorimPlatformArg>,
+    named: Option<FilePlatformArg>,
 ) -> Result<Platform, Box<dyn std::error::Error>> {
     if let Some(named) = named {
         return Ok(match named {
-            CorimPlatformArg::Native => Platform::Native,
-            CorimPlatformArg::SevSnp => Platform::SevSnp,
-            CorimPlatformArg::Tdx => Platform::Tdx,
+            FilePlatformArg::Native => Platform::Native,
+            FilePlatformArg::SevSnp => Platform::SevSnp,
+            FilePlatformArg::Tdx => Platform::Tdx,
         });
     }
     let platforms: Vec<Platform> = igvm_loader::parse(image)?
