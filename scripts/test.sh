@@ -10,7 +10,7 @@ if [ ! -f seabios/bios-microvm.bin ]; then
     scripts/fetch-seabios.sh seabios || echo "test.sh: SeaBIOS could not be fetched; its test will report a skip"
 fi
 
-# A Debian cloud kernel and a busybox initramfs, for the Linux boot test (about 30 MB to fetch).
+# A Debian cloud kernel and a busybox initramfs, for the Linux boot test (about 35 MB to fetch).
 if [ ! -f linux-guest/vmlinux ] || [ ! -f linux-guest/initrd.img ]; then
     scripts/fetch-linux.sh linux-guest || echo "test.sh: the Linux kernel could not be fetched; its test will report a skip"
 fi
