@@ -12,8 +12,9 @@ use std::sync::{Arc, Mutex};
 pub enum DeviceAction {
     /// Nothing; the guest continues.
     None,
-    /// Stop the VM with this process exit status (the debug-exit port).
-    Exit(i32),
+    /// Stop the VM: the guest wrote this value to the debug-exit port. The process exit status
+    /// is [`crate::debug_exit::exit_status`] of it.
+    Exit(u32),
     /// The guest asked for a system reset (i8042 command 0xFE, port 0xCF9).
     Reset,
 }

@@ -49,8 +49,8 @@ impl DebugExit {
 }
 
 /// Returns the exit status for a guest write of `value`: `((value << 1) | 1) & 0xFF`.
-pub fn exit_status(value: u32) -> i32 {
-    (((u64::from(value) << 1) | 1) & EXIT_STATUS_MASK) as i32
+pub fn exit_status(value: u32) -> u8 {
+    (((u64::from(value) << 1) | 1) & EXIT_STATUS_MASK) as u8
 }
 
 impl BusDevice for DebugExit {
@@ -73,7 +73,7 @@ impl BusDevice for DebugExit {
         }
         let value = u32::from_le_bytes(bytes);
         debug!("debug-exit: guest wrote {value:#x}");
-        DeviceAction::Exit(exit_status(value))
+        DeviceAction::Exit(value)
     }
 }
 
@@ -96,19 +96,19 @@ mod tests {
         let mut device = DebugExit::new();
         assert_eq!(
             device.write(DEBUG_EXIT_PORT, 0, &[0x10]),
-            DeviceAction::Exit(33)
+            DeviceAction::Exit(0x10)
         );
         assert_eq!(
             device.write(DEBUG_EXIT_PORT, 0, &[0x31, 0x12]),
-            DeviceAction::Exit(0x63)
+            DeviceAction::Exit(0x1231)
         );
         assert_eq!(
             device.write(DEBUG_EXIT_PORT, 1, &[2, 0, 0]),
-            DeviceAction::Exit(5)
+            DeviceAction::Exit(2)
         );
         assert_eq!(
             device.write(DEBUG_EXIT_PORT, 0, &[0, 0, 0, 0x80]),
-            DeviceAction::Exit(1)
+            DeviceAction::Exit(0x8000_0000)
         );
     }
 

@@ -96,7 +96,7 @@ mod tests {
         let bus = port_bus();
         assert_eq!(bus.write(0x64, &[0xFE]), Some(DeviceAction::Reset));
         assert_eq!(bus.write(0x92, &[0x01]), Some(DeviceAction::Reset));
-        assert_eq!(bus.write(0x501, &[0x10]), Some(DeviceAction::Exit(33)));
+        assert_eq!(bus.write(0x501, &[0x10]), Some(DeviceAction::Exit(0x10)));
         assert_eq!(bus.write(0x402, b"log"), Some(DeviceAction::None));
         assert_eq!(bus.write(0x61, &[0x00]), None);
     }

@@ -134,7 +134,7 @@ pub fn real_mode_reset_context() -> IgvmNativeVpContextX64 {
 /// written as empty PageData headers.
 pub fn firmware_image(image: &[u8]) -> Result<Vec<u8>, BuildError> {
     let size = image.len();
-    if size == 0 || size % PAGE_SIZE_4K as usize != 0 || size > MAX_FIRMWARE_SIZE {
+    if size == 0 || !size.is_multiple_of(PAGE_SIZE_4K as usize) || size > MAX_FIRMWARE_SIZE {
         return Err(BuildError::InvalidFirmwareSize { size });
     }
     let mut builder = IgvmBuilder::native();
@@ -254,7 +254,7 @@ impl IgvmBuilder {
         if spec.size != PAGE_SIZE_4K && spec.size != PAGE_SIZE_2M {
             return Err(BuildError::InvalidPageSize { size: spec.size });
         }
-        if spec.gpa % spec.size != 0 {
+        if !spec.gpa.is_multiple_of(spec.size) {
             return Err(BuildError::Unaligned {
                 what: "page",
                 gpa: spec.gpa,
@@ -291,7 +291,7 @@ impl IgvmBuilder {
     /// Adds measured 4 KiB pages holding `data` from `gpa` on; the last page is padded with
     /// zeros. Pages that are all zeros are written without file data.
     pub fn pages(&mut self, gpa: u64, data: &[u8]) -> Result<&mut Self, BuildError> {
-        if gpa % PAGE_SIZE_4K != 0 {
+        if !gpa.is_multiple_of(PAGE_SIZE_4K) {
             return Err(BuildError::Unaligned {
                 what: "page",
                 gpa,
@@ -321,14 +321,14 @@ impl IgvmBuilder {
         parameters: &[(ParameterKind, u32)],
         gpa: u64,
     ) -> Result<&mut Self, BuildError> {
-        if size % PAGE_SIZE_4K != 0 || size == 0 {
+        if !size.is_multiple_of(PAGE_SIZE_4K) || size == 0 {
             return Err(BuildError::Unaligned {
                 what: "parameter area size",
                 gpa: size,
                 alignment: PAGE_SIZE_4K,
             });
         }
-        if gpa % PAGE_SIZE_4K != 0 {
+        if !gpa.is_multiple_of(PAGE_SIZE_4K) {
             return Err(BuildError::Unaligned {
                 what: "parameter insert",
                 gpa,
@@ -370,7 +370,7 @@ impl IgvmBuilder {
 
     /// Adds a RequiredMemory range.
     pub fn required_memory(&mut self, gpa: u64, size: u32) -> Result<&mut Self, BuildError> {
-        if gpa % PAGE_SIZE_4K != 0 || u64::from(size) % PAGE_SIZE_4K != 0 {
+        if !gpa.is_multiple_of(PAGE_SIZE_4K) || u64::from(size) % PAGE_SIZE_4K != 0 {
             return Err(BuildError::Unaligned {
                 what: "required memory",
                 gpa,

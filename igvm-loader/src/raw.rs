@@ -227,7 +227,7 @@ pub(crate) fn walk(bytes: &[u8]) -> Result<RawFile<'_>, LoadError> {
             bytes.len()
         )));
     }
-    if variable_header_offset < fixed_header_size || variable_header_offset % 8 != 0 {
+    if variable_header_offset < fixed_header_size || !variable_header_offset.is_multiple_of(8) {
         return Err(invalid_fixed_header(format!(
             "variable_header_offset {variable_header_offset:#x} must be 8-byte aligned and at least {fixed_header_size:#x}"
         )));

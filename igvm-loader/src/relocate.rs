@@ -97,7 +97,7 @@ impl RegionHeader {
     /// Returns true if `base` is aligned, within the limits, reachable by an i64 offset and
     /// leaves the region in RAM.
     fn accepts(&self, base: u64, layout: &MemoryLayout) -> bool {
-        let aligned = self.alignment != 0 && base % self.alignment == 0;
+        let aligned = self.alignment != 0 && base.is_multiple_of(self.alignment);
         let within_limits = base >= self.minimum
             && base
                 .checked_add(self.size)

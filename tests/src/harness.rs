@@ -209,6 +209,6 @@ pub fn fw_cfg_files(
 /// isa-debug-exit status `(value << 1) | 1`, as the low 8 bits a process status keeps.
 pub fn debug_exit(value: u8) -> StopReason {
     StopReason::DebugExit {
-        status: (value << 1) | 1,
+        value: u32::from(value),
     }
 }

@@ -23,7 +23,9 @@ fn exit_status_values() {
         assert_eq!(outcome.text(), "bye\n", "value {value:#x}");
         assert_eq!(
             outcome.stop,
-            StopReason::DebugExit { status },
+            StopReason::DebugExit {
+                value: u32::from(value)
+            },
             "value {value:#x}"
         );
         assert_eq!(outcome.stop.exit_status(), status, "value {value:#x}");

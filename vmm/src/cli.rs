@@ -4,6 +4,9 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::console::{ConsoleError, DebugconConfig, SerialConfig};
+use crate::memory::{self, MemoryError};
+
 /// igvmm: a minimal VMM that boots IGVM guests on Linux KVM.
 #[derive(Debug, Parser)]
 #[command(name = "igvmm", version, about, long_about = None)]
@@ -78,11 +81,11 @@ pub struct RunArgs {
     pub demo: bool,
 
     /// Guest RAM, in bytes or with a K, M, G or T suffix (binary units), at least 2M.
-    #[arg(long, default_value = "512M")]
-    pub memory: String,
+    #[arg(long, default_value = "512M", value_parser = memory_size, allow_hyphen_values = true)]
+    pub memory: u64,
 
     /// Number of virtual CPUs, 1 to 254 (KVM may allow fewer).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=254))]
     pub cpus: u32,
 
     /// Isolation platform to launch.
@@ -94,13 +97,13 @@ pub struct RunArgs {
     pub cmdline: Option<String>,
 
     /// Destination of the COM1 console: stdio, file:PATH or none.
-    #[arg(long, default_value = "stdio")]
-    pub serial: String,
+    #[arg(long, default_value = "stdio", value_parser = serial_destination)]
+    pub serial: SerialConfig,
 
     /// Destination of the debug console on port 0x402: log (info-level log lines with target
     /// guest-debugcon, shown with -v), file:PATH or none.
-    #[arg(long, default_value = "log")]
-    pub debugcon: String,
+    #[arg(long, default_value = "log", value_parser = debugcon_destination)]
+    pub debugcon: DebugconConfig,
 
     /// Treat a CoRIM that does not decode, or whose reference value disagrees with the predicted
     /// measurement, as an error instead of a warning.
@@ -168,8 +171,9 @@ pub struct MeasureArgs {
     /// The platform whose measurement to predict.
     #[arg(long, value_enum)]
     pub platform: MeasuredPlatformArg,
-    /// Number of virtual CPUs the guest will be launched with (SEV-SNP measures one VMSA per vCPU).
-    #[arg(long, default_value_t = 1)]
+    /// Number of virtual CPUs the guest will be launched with, 1 to 254 (SEV-SNP measures one
+    /// VMSA per vCPU).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=254))]
     pub cpus: u32,
     /// Print JSON with the platform, vCPU count, pages measured and time taken.
     #[arg(long)]
@@ -226,7 +230,8 @@ pub struct PackArgs {
     /// The COSE_Sign1 signature of --corim.
     #[arg(long, requires = "corim")]
     pub corim_signature: Option<PathBuf>,
-    /// The platform --corim applies to.
+    /// The platform --corim applies to. Default: the image's only platform, native for every
+    /// image `pack` writes.
     #[arg(long, value_enum, requires = "corim")]
     pub corim_platform: Option<FilePlatformArg>,
     /// Generate a launch-measurement CoRIM for each measurable platform (sev-snp, tdx), with
@@ -241,7 +246,8 @@ pub struct PackArgs {
 /// `igvmm corim` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum CorimCommand {
-    /// Write the CoRIM document of one platform to a file.
+    /// Write the CoRIM document of one platform to a file. When the IGVM file also has the
+    /// document's signature, write it to the same path with `.cose` appended.
     Extract {
         /// The IGVM file.
         file: PathBuf,
@@ -269,4 +275,34 @@ pub enum CorimCommand {
         #[arg(short, long)]
         output: PathBuf,
     },
+}
+
+/// Parses and checks `--memory`. Clap's error line already names the option and the value.
+fn memory_size(text: &str) -> Result<u64, String> {
+    let bytes = memory::parse_size(text).map_err(|error| match error {
+        MemoryError::InvalidSize(_) => {
+            "expected a number of bytes with an optional K, M, G or T suffix, for example 512M"
+                .to_string()
+        }
+        other => other.to_string(),
+    })?;
+    // The alignment and minimum checks; the host's limits are checked at launch.
+    memory::MemoryLayout::new(bytes).map_err(|error| error.to_string())?;
+    Ok(bytes)
+}
+
+/// Parses `--serial`.
+fn serial_destination(text: &str) -> Result<SerialConfig, String> {
+    SerialConfig::parse(text).map_err(expected_form)
+}
+
+/// Parses `--debugcon`.
+fn debugcon_destination(text: &str) -> Result<DebugconConfig, String> {
+    DebugconConfig::parse(text).map_err(expected_form)
+}
+
+/// Returns the accepted forms of a console option, for clap's error line.
+fn expected_form(error: ConsoleError) -> String {
+    let ConsoleError::InvalidOption { expected, .. } = error;
+    format!("expected {expected}")
 }

@@ -16,6 +16,29 @@ use crate::control::StopHandle;
 /// Default guest RAM: 512 MiB.
 pub const DEFAULT_MEMORY_BYTES: u64 = 512 << 20;
 
+/// Largest input file igvmm reads: an IGVM file's offsets are 32-bit, and everything `pack`
+/// places (kernel, initrd, firmware) must end below 4 GiB of guest memory. The limit keeps a
+/// stream such as /dev/zero from growing the buffer until memory runs out.
+pub const MAX_INPUT_BYTES: u64 = 4 << 30;
+
+/// Reads all of `reader`, or fails once it has given more than [`MAX_INPUT_BYTES`].
+pub fn read_bounded(reader: impl Read) -> io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    reader.take(MAX_INPUT_BYTES + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_INPUT_BYTES {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "the input is larger than 4 GiB, the limit for IGVM files and packed images",
+        ));
+    }
+    Ok(bytes)
+}
+
+/// Opens and reads the file at `path` with [`read_bounded`].
+pub fn read_input_file(path: &Path) -> io::Result<Vec<u8>> {
+    read_bounded(File::open(path)?)
+}
+
 /// The guest to run.
 #[derive(Debug, Clone)]
 pub enum GuestImage {
@@ -83,9 +106,7 @@ impl MappedFile {
             .map_err(|_| io::Error::other("the file is larger than the address space"))?;
 
         if !metadata.is_file() || len == 0 {
-            let mut bytes = Vec::new();
-            file.read_to_end(&mut bytes)?;
-            return Ok(Self::from(bytes));
+            return Ok(Self::from(read_bounded(&mut file)?));
         }
 
         // SAFETY: a new private read-only mapping of an open file at an address the kernel

@@ -350,8 +350,8 @@ impl EscapeFilter {
                 b'x' | b'X' => return EscapeAction::Quit,
                 ESCAPE => out.push(ESCAPE),
                 b'h' | b'H' => {
-                    eprint!(
-                        "\r\nCtrl-A x: quit igvmm   Ctrl-A Ctrl-A: send Ctrl-A to the guest\r\n"
+                    crate::commands::write_stderr(
+                        "\r\nCtrl-A x: quit igvmm   Ctrl-A Ctrl-A: send Ctrl-A to the guest\r\n",
                     );
                 }
                 other => {

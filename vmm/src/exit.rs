@@ -18,6 +18,8 @@
 
 use std::fmt;
 
+use devices::debug_exit;
+
 use crate::report::CrashReport;
 
 /// Exit status when every vCPU halted with interrupts disabled.
@@ -62,8 +64,8 @@ pub enum StopRequest {
 pub enum StopReason {
     /// The guest wrote to the debug-exit port.
     DebugExit {
-        /// The exit status the debug-exit device computed: `(value << 1) | 1`, low 8 bits.
-        status: u8,
+        /// The value written. The exit status is `(value << 1) | 1`, low 8 bits.
+        value: u32,
     },
     /// Every vCPU halted with interrupts disabled (or waits for a SIPI that no vCPU can send).
     AllHalted,
@@ -86,7 +88,7 @@ impl StopReason {
     /// Returns the process exit status for this reason.
     pub fn exit_status(&self) -> u8 {
         match self {
-            StopReason::DebugExit { status } => *status,
+            StopReason::DebugExit { value } => debug_exit::exit_status(*value),
             StopReason::AllHalted => STATUS_HALTED,
             StopReason::Reset(_) => STATUS_RESET,
             StopReason::TripleFault(_) => STATUS_TRIPLE_FAULT,
@@ -112,9 +114,10 @@ impl fmt::Display for StopReason {
     /// Writes the one-line summary that igvmm prints on stderr.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            StopReason::DebugExit { status } => write!(
+            StopReason::DebugExit { value } => write!(
                 f,
-                "guest wrote to the debug-exit port 0x501 (exit status {status})"
+                "guest wrote {value:#x} to the debug-exit port 0x501 (exit status {})",
+                debug_exit::exit_status(*value)
             ),
             StopReason::AllHalted => {
                 f.write_str("guest stopped: every vCPU halted with interrupts disabled")
@@ -171,8 +174,8 @@ mod tests {
     fn statuses_are_distinct() {
         let reasons = [
             StopReason::AllHalted,
-            StopReason::DebugExit { status: 1 },
-            StopReason::DebugExit { status: 0x21 },
+            StopReason::DebugExit { value: 0 },
+            StopReason::DebugExit { value: 0x10 },
             StopReason::Reset(ResetSource::Port(0x64)),
             StopReason::Requested(StopRequest::Console),
             StopReason::Requested(StopRequest::Signal(libc::SIGINT)),
@@ -190,8 +193,8 @@ mod tests {
             "guest requested reset (write to port 0x92)"
         );
         assert_eq!(
-            StopReason::DebugExit { status: 7 }.to_string(),
-            "guest wrote to the debug-exit port 0x501 (exit status 7)"
+            StopReason::DebugExit { value: 3 }.to_string(),
+            "guest wrote 0x3 to the debug-exit port 0x501 (exit status 7)"
         );
         assert_eq!(
             StopReason::Requested(StopRequest::Signal(libc::SIGTERM)).to_string(),

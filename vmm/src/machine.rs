@@ -90,7 +90,10 @@ fn insert(bus: &mut Bus, device: SharedDevice, base: u64, len: u64) -> Result<()
 pub fn attach(vm: &mut Vm, config: &MachineConfig<'_>) -> Result<Machine, VmmError> {
     let serial_output =
         console::open_serial_output(config.serial).map_err(|source| VmmError::Sink {
-            what: "the serial output".into(),
+            what: match config.serial {
+                SerialConfig::File(path) => format!("the serial output {}", path.display()),
+                _ => "the serial output".into(),
+            },
             source,
         })?;
     let interrupt = EventFd::new(EFD_NONBLOCK).map_err(|error| {
@@ -100,7 +103,10 @@ pub fn attach(vm: &mut Vm, config: &MachineConfig<'_>) -> Result<Machine, VmmErr
     let serial = Arc::new(Mutex::new(Serial::new(interrupt, serial_output)));
 
     let debugcon_output = config.debugcon.open().map_err(|source| VmmError::Sink {
-        what: "the debug console output".into(),
+        what: match config.debugcon {
+            DebugconConfig::File(path) => format!("the debug console output {}", path.display()),
+            _ => "the debug console output".into(),
+        },
         source,
     })?;
     let layout = config.layout;

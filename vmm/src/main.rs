@@ -29,7 +29,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("igvmm: {error}");
+            vmm::commands::write_stderr(&format!("igvmm: {error}\n"));
             ExitCode::FAILURE
         }
     }

@@ -49,7 +49,7 @@ pub enum MemoryError {
     #[error("memory size {0:?} is too large")]
     SizeOverflow(String),
     /// The size is not a whole number of 4 KiB pages.
-    #[error("memory size {0:#x} bytes is not a multiple of 4 KiB")]
+    #[error("memory size {0} bytes is not a multiple of 4 KiB")]
     Unaligned(u64),
     /// The size is below [`MIN_RAM_BYTES`].
     #[error("memory size {bytes} bytes is below the minimum of {minimum} bytes (2M)")]
@@ -155,7 +155,7 @@ pub fn parse_size(text: &str) -> Result<u64, MemoryError> {
 /// Formats a byte count with the largest binary suffix that divides it exactly.
 pub fn format_size(bytes: u64) -> String {
     for (shift, suffix) in [(40, "T"), (30, "G"), (20, "M"), (10, "K")] {
-        if bytes != 0 && bytes % (1u64 << shift) == 0 {
+        if bytes != 0 && bytes.is_multiple_of(1u64 << shift) {
             return format!("{}{suffix}", bytes >> shift);
         }
     }
@@ -292,7 +292,7 @@ pub struct MemoryLayout {
 impl MemoryLayout {
     /// Lays out `ram_bytes` of RAM around the 32-bit hole.
     pub fn new(ram_bytes: u64) -> Result<Self, MemoryError> {
-        if ram_bytes % PAGE_SIZE != 0 {
+        if !ram_bytes.is_multiple_of(PAGE_SIZE) {
             return Err(MemoryError::Unaligned(ram_bytes));
         }
         if ram_bytes < MIN_RAM_BYTES {

@@ -240,6 +240,14 @@ fn load_plan<'f>(
     };
     let plan = igvm_loader::load_parsed(&parsed, &options)?;
     log::info!("platform {} chosen", plan.platform);
+    let receives_command_line = parsed
+        .directives()
+        .any(|(_, directive)| matches!(directive, IgvmDirectiveHeader::CommandLine(_)));
+    if !config.cmdline.is_empty() && !receives_command_line {
+        log::warn!(
+            "--cmdline is ignored: the file has no CommandLine parameter (header 0x30E) to receive it"
+        );
+    }
     Ok(plan)
 }
 

@@ -390,9 +390,7 @@ impl VcpuRunner {
 fn device_flow(action: DeviceAction, source: ResetSource) -> Flow {
     match action {
         DeviceAction::None => Flow::Continue,
-        DeviceAction::Exit(status) => Flow::Stop(StopReason::DebugExit {
-            status: u8::try_from(status & 0xFF).unwrap_or(u8::MAX),
-        }),
+        DeviceAction::Exit(value) => Flow::Stop(StopReason::DebugExit { value }),
         DeviceAction::Reset => Flow::Stop(StopReason::Reset(source)),
     }
 }

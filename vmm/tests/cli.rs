@@ -208,12 +208,33 @@ fn inspect_prints_tdx_digest() {
 
 #[test]
 fn bad_memory_is_one_line() {
-    let output = igvmm(&["run", "--demo", "--memory", "12X"]);
-    assert_eq!(output.status.code(), Some(1));
-    assert_eq!(
-        stderr(&output),
-        "igvmm: invalid memory size \"12X\": expected a number of bytes with an optional K, M, G or T suffix, for example 512M\n"
-    );
+    // Values that do not parse, or break the layout rules, fail in clap with status 2.
+    let cases = [
+        (
+            "12X",
+            "expected a number of bytes with an optional K, M, G or T suffix, for example 512M",
+        ),
+        (
+            "-1",
+            "expected a number of bytes with an optional K, M, G or T suffix, for example 512M",
+        ),
+        ("1K", "memory size 1024 bytes is not a multiple of 4 KiB"),
+        (
+            "1M",
+            "memory size 1048576 bytes is below the minimum of 2097152 bytes (2M)",
+        ),
+    ];
+    for (size, reason) in cases {
+        let output = igvmm(&["run", "--demo", "--memory", size]);
+        assert_eq!(output.status.code(), Some(2), "--memory {size}");
+        let text = stderr(&output);
+        let first_line = text.lines().next().unwrap_or_default();
+        assert_eq!(
+            first_line,
+            format!("error: invalid value '{size}' for '--memory <MEMORY>': {reason}")
+        );
+    }
+    // Sizes that parse but exceed the host fail at launch with status 1.
     for size in ["1000T", "2T"] {
         let output = igvmm(&["run", "--demo", "--memory", size]);
         assert_eq!(output.status.code(), Some(1));
@@ -223,6 +244,27 @@ fn bad_memory_is_one_line() {
             "unexpected message: {text}"
         );
         assert_eq!(text.lines().count(), 1);
+    }
+}
+
+#[test]
+fn bad_option_values_exit_2() {
+    let cases: [(&[&str], &str); 5] = [
+        (&["run", "--demo", "--cpus", "0"], "error: invalid value '0' for '--cpus <CPUS>': 0 is not in 1..=254"),
+        (&["run", "--demo", "--cpus", "255"], "error: invalid value '255' for '--cpus <CPUS>': 255 is not in 1..=254"),
+        (&["run", "--demo", "--serial", "tty"], "error: invalid value 'tty' for '--serial <SERIAL>': expected stdio, none or file:PATH"),
+        (&["run", "--demo", "--debugcon", "file"], "error: invalid value 'file' for '--debugcon <DEBUGCON>': expected log, none or file:PATH"),
+        (&["measure", "x.igvm", "--platform", "tdx", "--cpus", "0"], "error: invalid value '0' for '--cpus <CPUS>': 0 is not in 1..=254"),
+    ];
+    for (args, expected) in cases {
+        let output = igvmm(args);
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        let text = stderr(&output);
+        assert_eq!(
+            text.lines().next().unwrap_or_default(),
+            expected,
+            "{args:?}"
+        );
     }
 }
 
@@ -439,5 +481,130 @@ fn memory_above_address_space_limit() {
     assert_eq!(
         stderr(&output),
         "igvmm: --memory 2G needs more address space than the process limit allows (RLIMIT_AS 2048000000 bytes); lower --memory or raise the limit with `ulimit -v`\n"
+    );
+}
+
+#[test]
+fn full_stderr_does_not_panic() {
+    let cases: [&[&str]; 2] = [
+        &["inspect", "/nonexistent/guest.igvm"],
+        &["measure", "/nonexistent/guest.igvm", "--platform", "tdx"],
+    ];
+    for args in cases {
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let output = Command::new(env!("CARGO_BIN_EXE_igvmm"))
+            .args(args)
+            .stdin(Stdio::null())
+            .stderr(Stdio::from(full))
+            .output()
+            .unwrap();
+        // 101 would be a panic.
+        assert_eq!(output.status.code(), Some(1), "{args:?}");
+    }
+}
+
+#[test]
+fn errors_name_the_file() {
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("errors-name-file");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let demo = dir.join("demo.igvm");
+    let output = igvmm(&["pack", "--demo", "-o", demo.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let mut bytes = std::fs::read(&demo).unwrap();
+    bytes.truncate(100);
+    let damaged = dir.join("damaged.igvm");
+    std::fs::write(&damaged, &bytes).unwrap();
+    let damaged = damaged.to_str().unwrap();
+    let document = dir.join("doc.cbor");
+    std::fs::write(&document, b"\xd9\x01\xf5\xa0").unwrap();
+    let out = dir.join("out.igvm");
+
+    let cases: [&[&str]; 4] = [
+        &["inspect", damaged],
+        &["measure", damaged, "--platform", "sev-snp"],
+        &[
+            "corim",
+            "extract",
+            damaged,
+            "--platform",
+            "native",
+            "-o",
+            out.to_str().unwrap(),
+        ],
+        &[
+            "corim",
+            "add",
+            damaged,
+            "--platform",
+            "native",
+            "--document",
+            document.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ],
+    ];
+    for args in cases {
+        let output = igvmm(args);
+        assert_eq!(output.status.code(), Some(1), "{args:?}");
+        let text = stderr(&output);
+        assert!(
+            text.starts_with(&format!("igvmm: {damaged}: ")),
+            "{args:?}: {text}"
+        );
+        assert!(text.contains("total_file_size"), "{args:?}: {text}");
+        assert_eq!(text.lines().count(), 1, "{args:?}: {text}");
+    }
+
+    // A platform the file lacks fails before any warning about the CoRIM itself.
+    let demo = demo.to_str().unwrap();
+    let output = igvmm(&[
+        "corim",
+        "add",
+        demo,
+        "--platform",
+        "sev-snp",
+        "--document",
+        document.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(
+        stderr(&output),
+        format!("igvmm: {demo}: the IGVM file has no sev-snp platform header\n")
+    );
+    assert!(!out.exists());
+}
+
+#[test]
+fn run_reports_paths_and_ignored_cmdline() {
+    if !kvm_available("run_reports_paths_and_ignored_cmdline") {
+        return;
+    }
+    let dir = env!("CARGO_MANIFEST_DIR");
+    let output = igvmm(&["run", "--demo", "--serial", &format!("file:{dir}")]);
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(
+        stderr(&output),
+        format!("igvmm: failed to open the serial output {dir}: Is a directory (os error 21)\n")
+    );
+
+    let packed = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cmdline-demo.igvm");
+    let output = igvmm(&["pack", "--demo", "-o", packed.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let output = igvmm(&["run", packed.to_str().unwrap(), "--cmdline", "quiet"]);
+    assert_eq!(output.status.code(), Some(1));
+    let text = stderr(&output);
+    assert!(
+        text.contains("--cmdline is ignored: the file has no CommandLine parameter (header 0x30E) to receive it"),
+        "{text}"
+    );
+    assert!(
+        text.ends_with("igvmm: guest wrote 0x0 to the debug-exit port 0x501 (exit status 1)\n"),
+        "{text}"
     );
 }

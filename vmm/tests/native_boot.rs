@@ -71,7 +71,7 @@ fn reset_vector_without_context() {
     page[0xFF0..0xFF0 + vector.len()].copy_from_slice(&vector);
     let (result, output) = run_plan(plan(pages(0xFFFF_F000, &page), Vec::new()), 1);
     assert_eq!(output, b"real mode\n");
-    assert_eq!(result.unwrap(), StopReason::DebugExit { status: 0x43 });
+    assert_eq!(result.unwrap(), StopReason::DebugExit { value: 0x21 });
 }
 
 #[test]

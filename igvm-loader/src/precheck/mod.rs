@@ -71,7 +71,7 @@ fn check_aligned(
     value: u64,
     alignment: u64,
 ) -> Result<(), LoadError> {
-    if alignment != 0 && value % alignment == 0 {
+    if alignment != 0 && value.is_multiple_of(alignment) {
         Ok(())
     } else {
         Err(invalid(

@@ -149,7 +149,7 @@ pub fn run(dma_bytes: u32, pio_bytes: u32, huge_pages: bool) -> Result<FwCfgRun,
         if let Some(DeviceAction::Exit(_)) = dispatch_io(vcpu.get_kvm_run(), run_size, &io_bus)? {
             break;
         }
-        if exits % 4096 == 0 && start.elapsed() > TIMEOUT {
+        if exits.is_multiple_of(4096) && start.elapsed() > TIMEOUT {
             return Err(format!("the guest did not exit within {TIMEOUT:?}"));
         }
     }

@@ -87,7 +87,7 @@ pub fn convert(
     size: u64,
     to_private: bool,
 ) -> Result<(), CocoError> {
-    if size == 0 || gpa % PAGE_SIZE != 0 || size % PAGE_SIZE != 0 {
+    if size == 0 || !gpa.is_multiple_of(PAGE_SIZE) || !size.is_multiple_of(PAGE_SIZE) {
         return Err(CocoError::InvalidConversion {
             gpa,
             size,

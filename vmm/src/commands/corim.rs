@@ -13,6 +13,7 @@ use igvm_loader::plan::Platform;
 
 use crate::cli::{CorimCommand, FilePlatformArg};
 use crate::commands::measure::{host_cpuid_signature, measure_file, MeasureOptions};
+use crate::commands::write_stdout;
 
 /// A reason a `corim` subcommand failed.
 #[derive(Debug, thiserror::Error)]
@@ -28,9 +29,15 @@ pub enum CorimCommandError {
         #[source]
         source: std::io::Error,
     },
+    /// The input is not a valid IGVM file.
+    #[error(transparent)]
+    File(#[from] igvm_loader::LoadError),
     /// The CoRIM library rejected the input.
     #[error(transparent)]
     Corim(#[from] corim::CorimError),
+    /// Standard output could not be written.
+    #[error(transparent)]
+    Stdout(std::io::Error),
     /// The file has no CoRIM for the platform.
     #[error("the file has no CoRIM document for {0}")]
     NoCorim(Platform),
@@ -45,7 +52,7 @@ fn platform_of(arg: FilePlatformArg) -> Platform {
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, CorimCommandError> {
-    std::fs::read(path).map_err(|source| CorimCommandError::Io {
+    crate::config::read_input_file(path).map_err(|source| CorimCommandError::Io {
         action: "cannot read",
         path: path.to_path_buf(),
         source,
@@ -60,6 +67,14 @@ fn write(path: &Path, bytes: &[u8]) -> Result<(), CorimCommandError> {
     })
 }
 
+/// Returns the line that reports a written file and its size, as `pack` prints it.
+fn wrote_line(path: &Path) -> String {
+    match std::fs::metadata(path) {
+        Ok(metadata) => format!("wrote {} ({} bytes)\n", path.display(), metadata.len()),
+        Err(_) => format!("wrote {}\n", path.display()),
+    }
+}
+
 /// Returns the path `output` with `.cose` appended, where `extract` puts the signature.
 pub fn signature_path(output: &Path) -> PathBuf {
     let mut path = output.as_os_str().to_os_string();
@@ -67,49 +82,93 @@ pub fn signature_path(output: &Path) -> PathBuf {
     PathBuf::from(path)
 }
 
+/// Checks that `file` parses and declares `platform`. The loader's parse names the header and
+/// field that is wrong, which the CoRIM library's own parse of the file does not.
+fn check_file(file: &[u8], platform: Platform) -> Result<(), CorimCommandError> {
+    let parsed = igvm_loader::parse(file)?;
+    let declared = parsed
+        .platforms()
+        .iter()
+        .any(|header| header.platform == Some(platform));
+    if !declared {
+        return Err(corim::CorimError::NoPlatform { platform }.into());
+    }
+    Ok(())
+}
+
 /// Writes the CoRIM of `platform` from `file` to `output` (and its signature next to it).
-/// Returns whether a signature was written.
-pub fn extract(file: &[u8], platform: Platform, output: &Path) -> Result<bool, CorimCommandError> {
+/// Returns the signature's path when the file has one.
+pub fn extract(
+    file: &[u8],
+    platform: Platform,
+    output: &Path,
+) -> Result<Option<PathBuf>, CorimCommandError> {
+    check_file(file, platform)?;
     let (document, signature) =
         corim::extract(file, platform)?.ok_or(CorimCommandError::NoCorim(platform))?;
     write(output, &document)?;
     if let Some(signature) = signature {
-        write(&signature_path(output), &signature)?;
-        return Ok(true);
+        let path = signature_path(output);
+        write(&path, &signature)?;
+        return Ok(Some(path));
     }
-    Ok(false)
+    Ok(None)
 }
 
 /// Checks the document and signature, logs warnings and the comparison with igvmm's predicted
 /// measurement, and returns the file with the CoRIM headers of `platform` replaced.
+///
+/// A document or signature that does not decode is added with a warning, as `pack --corim`
+/// does: the CoRIM never reaches guest memory, and `igvmm run --strict-corim` rejects it at
+/// launch.
 pub fn add(
     file: &[u8],
     platform: Platform,
     document: &[u8],
     signature: Option<&[u8]>,
 ) -> Result<Vec<u8>, CorimCommandError> {
-    let report = corim::inspect(document, signature)?;
-    for warning in &report.warnings {
-        log::warn!("{warning}");
-    }
-    if matches!(platform, Platform::SevSnp | Platform::Tdx) {
-        let options = MeasureOptions {
-            vcpus: 1,
-            file_digest: false,
-            cpuid_signature: host_cpuid_signature(),
-        };
-        match measure_file(file, platform, &options) {
-            Ok(output) => match report.compare(platform, &output.measurement.digest) {
-                ReferenceMatch::Match => log::info!("{}", ReferenceMatch::Match),
-                other => log::warn!("{other} ({})", output.measurement.digest_hex()),
-            },
-            Err(error) => log::warn!("the predicted measurement is unavailable: {error}"),
+    check_file(file, platform)?;
+    match corim::inspect(document, signature) {
+        Ok(report) => {
+            for warning in &report.warnings {
+                log::warn!("{warning}");
+            }
+            if matches!(platform, Platform::SevSnp | Platform::Tdx) {
+                compare_with_prediction(file, platform, &report);
+            }
         }
+        Err(error) => log::warn!("adding a CoRIM that does not decode: {error}"),
     }
     let parsed = igvm::IgvmFile::new_from_binary(file, None)
         .map_err(|error| corim::CorimError::InvalidFile(error.to_string()))?;
     let mask = corim::platform_mask(&parsed, platform)?;
     Ok(corim::add_or_replace(file, mask, document, signature)?)
+}
+
+/// Logs how the CoRIM's launch-measurement reference value compares with igvmm's predicted
+/// measurement of a KVM launch with one vCPU.
+fn compare_with_prediction(file: &[u8], platform: Platform, report: &corim::CorimReport) {
+    let options = MeasureOptions {
+        vcpus: 1,
+        file_digest: false,
+        cpuid_signature: host_cpuid_signature(),
+    };
+    match measure_file(file, platform, &options) {
+        Ok(output) => match report.compare(platform, &output.measurement.digest) {
+            ReferenceMatch::Match => log::info!("{}", ReferenceMatch::Match),
+            other => log::warn!("{other} ({})", output.measurement.digest_hex()),
+        },
+        Err(error) => log::warn!("the predicted measurement is unavailable: {error}"),
+    }
+}
+
+/// Puts the input file's path in front of an error about its contents. Errors that already
+/// name a path (reading or writing a file) stay as they are.
+fn name_input(path: &Path, error: CorimCommandError) -> Box<dyn std::error::Error> {
+    match error {
+        CorimCommandError::Io { .. } | CorimCommandError::Stdout(_) => error.into(),
+        other => format!("{}: {other}", path.display()).into(),
+    }
 }
 
 /// Runs the subcommand.
@@ -121,13 +180,13 @@ pub fn main(command: CorimCommand) -> Result<ExitCode, Box<dyn std::error::Error
             output,
         } => {
             let bytes = read(&file)?;
-            let signed = extract(&bytes, platform_of(platform), &output)?;
-            if signed {
-                eprintln!(
-                    "igvmm: wrote the CoRIM signature to {}",
-                    signature_path(&output).display()
-                );
+            let signature = extract(&bytes, platform_of(platform), &output)
+                .map_err(|error| name_input(&file, error))?;
+            let mut written = wrote_line(&output);
+            if let Some(path) = signature {
+                written.push_str(&wrote_line(&path));
             }
+            write_stdout(&written).map_err(CorimCommandError::Stdout)?;
         }
         CorimCommand::Add {
             input,
@@ -144,8 +203,10 @@ pub fn main(command: CorimCommand) -> Result<ExitCode, Box<dyn std::error::Error
                 platform_of(platform),
                 &document,
                 signature.as_deref(),
-            )?;
+            )
+            .map_err(|error| name_input(&input, error))?;
             write(&output, &rewritten)?;
+            write_stdout(&wrote_line(&output)).map_err(CorimCommandError::Stdout)?;
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -20,8 +20,9 @@ use crate::commands::write_stdout;
 /// Runs the subcommand.
 pub fn main(args: InspectArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let bytes = read_image(&args.file)?;
-    let summary = summarize(&bytes)?;
-    let parsed = igvm_loader::parse(&bytes)?;
+    let name = args.file.display();
+    let summary = summarize(&bytes).map_err(|error| format!("{name}: {error}"))?;
+    let parsed = igvm_loader::parse(&bytes).map_err(|error| format!("{name}: {error}"))?;
     let digests = platform_digests(&bytes);
     let corims = corim_details(&parsed, &summary, &digests);
     let output = if args.json {

@@ -14,21 +14,12 @@ use igvm_loader::plan::Platform;
 use serde_json::json;
 
 use crate::cli::{MeasureArgs, MeasuredPlatformArg};
+use crate::commands::run::map_image;
 use crate::commands::write_stdout;
-use crate::config::MappedFile;
 
 /// A reason `igvmm measure` cannot produce a digest.
 #[derive(Debug, thiserror::Error)]
 pub enum MeasureCommandError {
-    /// The file could not be read.
-    #[error("cannot read {path}: {source}")]
-    Read {
-        /// The path.
-        path: String,
-        /// The error.
-        #[source]
-        source: std::io::Error,
-    },
     /// The loader rejected the file for this platform.
     #[error("cannot load the file for {platform}: {source}")]
     Load {
@@ -195,10 +186,7 @@ pub fn platform_digests(file: &[u8]) -> Vec<PlatformDigest> {
 
 /// Runs the subcommand.
 pub fn main(args: MeasureArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
-    let file = MappedFile::open(&args.file).map_err(|source| MeasureCommandError::Read {
-        path: args.file.display().to_string(),
-        source,
-    })?;
+    let file = map_image(&args.file)?;
     let platform = match args.platform {
         MeasuredPlatformArg::SevSnp => Platform::SevSnp,
         MeasuredPlatformArg::Tdx => Platform::Tdx,
@@ -211,7 +199,8 @@ pub fn main(args: MeasureArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         file_digest: args.file_digest,
         cpuid_signature: args.cpuid_signature.unwrap_or_else(host_cpuid_signature),
     };
-    let output = measure_file(&file, platform, &options)?;
+    let output = measure_file(&file, platform, &options)
+        .map_err(|error| format!("{}: {error}", args.file.display()))?;
     let measurement = &output.measurement;
     for note in &measurement.notes {
         log::warn!("{note}");

@@ -19,3 +19,12 @@ pub(crate) fn write_stdout(text: &str) -> Result<(), std::io::Error> {
             std::io::Error::new(error.kind(), format!("cannot write the output: {error}"))
         })
 }
+
+/// Writes `text` to standard error and drops a failed write, because standard error is where
+/// igvmm reports failures. `eprint!` would panic instead.
+pub fn write_stderr(text: &str) {
+    let mut stderr = std::io::stderr().lock();
+    let _ = stderr
+        .write_all(text.as_bytes())
+        .and_then(|()| stderr.flush());
+}

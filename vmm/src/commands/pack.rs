@@ -120,7 +120,8 @@ fn read_input(path: &Path) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
     if path.is_dir() {
         return Err(format!("{} is a directory, not a file", path.display()).into());
     }
-    std::fs::read(path).map_err(|error| format!("cannot read {}: {error}", path.display()).into())
+    crate::config::read_input_file(path)
+        .map_err(|error| format!("cannot read {}: {error}", path.display()).into())
 }
 
 /// Returns the platform a `--corim` applies to: the one named, or the file's only platform.

@@ -11,11 +11,11 @@ use std::process::ExitCode;
 use crate::cli::{PlatformArg, RunArgs};
 use crate::coco::{parse_hex, CocoError};
 use crate::config::{CocoOptions, EventStrings, GuestImage, MappedFile, PlatformRequest, VmConfig};
-use crate::console::{DebugconConfig, SerialConfig};
-use crate::demo::{self, DEMO_SUCCESS_STATUS};
+
+use crate::commands::write_stderr;
+use crate::demo::{self, DEMO_SUCCESS_VALUE};
 use crate::error::VmmError;
 use crate::exit::StopReason;
-use crate::memory;
 use crate::runner::run_vm;
 
 /// Runs the subcommand.
@@ -30,9 +30,6 @@ pub fn main(args: RunArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     };
     let coco = coco_options(&args)?;
 
-    let memory_bytes = memory::parse_size(&args.memory)?;
-    let serial = SerialConfig::parse(&args.serial)?;
-    let debugcon = DebugconConfig::parse(&args.debugcon)?;
     let image = if args.demo {
         GuestImage::Igvm(demo::image()?)
     } else {
@@ -43,12 +40,12 @@ pub fn main(args: RunArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     };
 
     let mut config = VmConfig::new(image);
-    config.memory_bytes = memory_bytes;
+    config.memory_bytes = args.memory;
     config.cpus = args.cpus;
     config.platform = platform;
     config.cmdline = args.cmdline.clone().unwrap_or_default();
-    config.serial = serial;
-    config.debugcon = debugcon;
+    config.serial = args.serial.clone();
+    config.debugcon = args.debugcon.clone();
     config.event = EventStrings {
         manufacturer: args.event_manufacturer.clone(),
         model: args.event_model.clone(),
@@ -70,15 +67,17 @@ pub fn main(args: RunArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let demo_succeeded = args.demo
         && reason
             == StopReason::DebugExit {
-                status: DEMO_SUCCESS_STATUS,
+                value: u32::from(DEMO_SUCCESS_VALUE),
             };
     if demo_succeeded {
-        eprintln!("igvmm: the demo guest finished (debug-exit value 0, reported as exit status 0)");
+        write_stderr(
+            "igvmm: the demo guest finished (debug-exit value 0, reported as exit status 0)\n",
+        );
         return Ok(ExitCode::SUCCESS);
     }
-    eprintln!("igvmm: {reason}");
+    write_stderr(&format!("igvmm: {reason}\n"));
     if let Some(report) = reason.crash_report() {
-        eprint!("{report}");
+        write_stderr(&report.to_string());
     }
     Ok(ExitCode::from(reason.exit_status()))
 }
@@ -88,7 +87,7 @@ pub fn read_image(path: &Path) -> Result<Vec<u8>, VmmError> {
     if path.is_dir() {
         return Err(VmmError::ImageIsDirectory(path.to_path_buf()));
     }
-    std::fs::read(path).map_err(|source| VmmError::ReadImage {
+    crate::config::read_input_file(path).map_err(|source| VmmError::ReadImage {
         path: path.to_path_buf(),
         source,
     })
