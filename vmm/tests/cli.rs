@@ -168,6 +168,21 @@ fn inspect_reads_every_conformance_file() {
             ("sev-snp", "file", "583EBEC47ED943C6D6BF1D787F63776BFB15B1573E3B06013B2EBC77D8CF2BAD2038648B9A5F37C1D51EACD64C92C1F8"),
         ]
     );
+    // The KVM launch differs from the file digest, and the note says why.
+    const NOTE: &str = "the file places 2 page operations after the VMSA of vp 0; KVM measures \
+                        VMSAs after all pages, so the KVM digest differs from the file digest \
+                        (--file-digest)";
+    assert_eq!(
+        value["predicted_measurements"][0]["notes"],
+        serde_json::json!([NOTE])
+    );
+    assert_eq!(
+        value["predicted_measurements"][1]["notes"],
+        serde_json::json!([])
+    );
+    let file = conformance_dir().join("tiny-qemu-snp-native.igvm");
+    let text = stdout(&igvmm(&["inspect", file.to_str().unwrap()]));
+    assert!(text.contains(&format!("\n    note: {NOTE}\n")), "{text}");
 }
 
 #[test]
@@ -192,6 +207,7 @@ fn inspect_prints_tdx_digest() {
             "platform": "tdx",
             "kind": "mrtd",
             "digest": TDP_MRTD,
+            "notes": [],
             "error": null,
         }])
     );

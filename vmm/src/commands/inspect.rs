@@ -128,13 +128,19 @@ fn write_digests(text: &mut String, digests: &[PlatformDigest]) -> std::fmt::Res
     }
     for digest in digests {
         match &digest.result {
-            Ok(measurement) => writeln!(
-                text,
-                "  {:<8} {:<11} {}",
-                digest.platform.name(),
-                digest.kind,
-                measurement.digest_hex()
-            )?,
+            Ok(measurement) => {
+                writeln!(
+                    text,
+                    "  {:<8} {:<11} {}",
+                    digest.platform.name(),
+                    digest.kind,
+                    measurement.digest_hex()
+                )?;
+                // The notes explain where a KVM launch differs from the file digest.
+                for note in &measurement.notes {
+                    writeln!(text, "    note: {note}")?;
+                }
+            }
             Err(error) => writeln!(
                 text,
                 "  {:<8} {:<11} unavailable: {error}",
@@ -203,14 +209,19 @@ fn digests_json(digests: &[PlatformDigest]) -> Value {
     let entries: Vec<Value> = digests
         .iter()
         .map(|digest| {
-            let (value, error) = match &digest.result {
-                Ok(measurement) => (Some(measurement.digest_hex()), None),
-                Err(error) => (None, Some(error.to_string())),
+            let (value, notes, error) = match &digest.result {
+                Ok(measurement) => (
+                    Some(measurement.digest_hex()),
+                    measurement.notes.iter().map(ToString::to_string).collect(),
+                    None,
+                ),
+                Err(error) => (None, Vec::<String>::new(), Some(error.to_string())),
             };
             json!({
                 "platform": digest.platform.name(),
                 "kind": digest.kind,
                 "digest": value,
+                "notes": notes,
                 "error": error,
             })
         })
