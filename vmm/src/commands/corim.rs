@@ -2,8 +2,9 @@
 //!
 //! `extract` writes the document to the output file and, when the file also has a signature, the
 //! COSE_Sign1 to the output path with `.cose` appended. `add` checks that the document is a
-//! tagged unsigned CoRIM (CBOR tag 501) and the signature a COSE_Sign1 (CBOR tag 18), then
-//! rewrites only the CoRIM headers of that platform ([`igvm_loader::corim::add_or_replace`]).
+//! tagged unsigned CoRIM (CBOR tag 501) and the signature a COSE_Sign1 (CBOR tag 18), and warns
+//! when they are not. It then rewrites only the CoRIM headers of that platform
+//! ([`igvm_loader::corim::add_or_replace`]).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
