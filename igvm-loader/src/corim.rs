@@ -43,6 +43,9 @@ const MAX_CBOR_DEPTH: usize = 64;
 /// A reason why a CoRIM document, signature or file cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CorimError {
+    /// The document or signature to embed has no bytes.
+    #[error("the CoRIM {0} to embed is empty")]
+    Empty(&'static str),
     /// The bytes are not one well-formed CBOR data item.
     #[error("the CoRIM {what} is not valid CBOR: {reason}")]
     InvalidCbor {
@@ -933,6 +936,17 @@ fn corim_mask(file: &[u8], header: &RawHeader) -> Result<u32, CorimError> {
     read_u32(file, header.start + 8)
 }
 
+/// Rejects an empty document or signature, which no CoRIM header should carry.
+pub fn check_not_empty(document: &[u8], signature: Option<&[u8]>) -> Result<(), CorimError> {
+    if document.is_empty() {
+        return Err(CorimError::Empty("document"));
+    }
+    if signature.is_some_and(<[u8]>::is_empty) {
+        return Err(CorimError::Empty("signature"));
+    }
+    Ok(())
+}
+
 /// Adds or replaces the CoRIM document (and signature) of the platform whose compatibility mask
 /// is `platform_mask`, and leaves every other header's bytes unchanged apart from the file
 /// offsets that move.
@@ -949,6 +963,7 @@ pub fn add_or_replace(
     document: &[u8],
     signature: Option<&[u8]>,
 ) -> Result<Vec<u8>, CorimError> {
+    check_not_empty(document, signature)?;
     // Validate the whole file with the igvm crate first, so the byte walk below reads a valid file.
     let parsed = parse_file(file)?;
     let known_mask = parsed.platforms().iter().any(|header| match header {

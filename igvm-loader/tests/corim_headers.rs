@@ -282,6 +282,17 @@ fn add_rejects_unknown_mask() {
 }
 
 #[test]
+fn add_rejects_empty_payloads() {
+    let file = conformance("tiny-qemu-snp-native.igvm");
+    let document = [0xD9, 0x01, 0xF5, 0xA0];
+    let error = corim::add_or_replace(&file, 1, &[], None).unwrap_err();
+    assert!(matches!(error, CorimError::Empty("document")), "{error}");
+    assert_eq!(error.to_string(), "the CoRIM document to embed is empty");
+    let error = corim::add_or_replace(&file, 1, &document, Some(&[])).unwrap_err();
+    assert!(matches!(error, CorimError::Empty("signature")), "{error}");
+}
+
+#[test]
 fn signed_corim_embeds_document() {
     let file = conformance("tiny-tdp-synthetic.igvm");
     let document = corim::launch_measurement_corim(&file, Platform::Tdx, 1, None).unwrap();

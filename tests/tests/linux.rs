@@ -701,3 +701,27 @@ fn stub_starts_aps_from_madt() {
     );
     assert_eq!(outcome.stop, debug_exit(STUB_EXIT_VALUE));
 }
+
+#[test]
+fn small_memory_names_needed_size() {
+    let packed = pack(
+        elf_kernel(&stub_kernel(KERNEL_GPA)),
+        Some(initrd_bytes()),
+        "",
+    );
+    let config = VmConfig {
+        memory: 8 << 20,
+        ..VmConfig::default()
+    };
+    let error = boot(&packed.igvm, &config).unwrap_err().to_string();
+    // The first page above 8 MiB is the kernel's at 16 MiB; the initrd's last page, just above
+    // 18 MiB, sets the size that holds every page.
+    assert!(
+        error.contains("the image places a page at GPA 0x1000000, outside guest RAM"),
+        "{error}"
+    );
+    assert!(
+        error.contains("; run with --memory 19M or more;"),
+        "{error}"
+    );
+}

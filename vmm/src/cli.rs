@@ -127,19 +127,19 @@ pub struct RunArgs {
     pub strict_cpuid: bool,
 
     /// SEV-SNP: 32 bytes of HOST_DATA for the attestation report, as 64 hex digits.
-    #[arg(long)]
+    #[arg(long, value_parser = hex_bytes::<32>)]
     pub host_data: Option<String>,
 
     /// TDX: MRCONFIGID, 48 bytes as 96 hex digits.
-    #[arg(long)]
+    #[arg(long, value_parser = hex_bytes::<48>)]
     pub mrconfigid: Option<String>,
 
     /// TDX: MROWNER, 48 bytes as 96 hex digits.
-    #[arg(long)]
+    #[arg(long, value_parser = hex_bytes::<48>)]
     pub mrowner: Option<String>,
 
     /// TDX: MROWNERCONFIG, 48 bytes as 96 hex digits.
-    #[arg(long)]
+    #[arg(long, value_parser = hex_bytes::<48>)]
     pub mrownerconfig: Option<String>,
 
     /// TDX: enable the DEBUG attribute (off by default; a debug TD has no confidentiality).
@@ -201,6 +201,7 @@ fn parse_cpuid_signature(text: &str) -> Result<u32, String> {
 
 /// Arguments of `igvmm pack`.
 #[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("source").required(true).multiple(false))]
 pub struct PackArgs {
     /// A PC firmware image (for example SeaBIOS) to place below 4 GiB.
     #[arg(long, group = "source")]
@@ -212,10 +213,10 @@ pub struct PackArgs {
     #[arg(long, group = "source")]
     pub kernel: Option<PathBuf>,
     /// An initrd for --kernel.
-    #[arg(long, requires = "kernel")]
+    #[arg(long, requires = "kernel", conflicts_with_all = ["demo", "firmware"])]
     pub initrd: Option<PathBuf>,
     /// Default kernel command line for --kernel; `igvmm run --cmdline` overrides it.
-    #[arg(long)]
+    #[arg(long, requires = "kernel", conflicts_with_all = ["demo", "firmware"])]
     pub cmdline: Option<String>,
     /// Platforms the file declares, comma-separated. Only native is written yet: sev-snp and
     /// tdx are rejected with the reason.
@@ -305,4 +306,13 @@ fn debugcon_destination(text: &str) -> Result<DebugconConfig, String> {
 fn expected_form(error: ConsoleError) -> String {
     let ConsoleError::InvalidOption { expected, .. } = error;
     format!("expected {expected}")
+}
+
+/// Checks a hexadecimal option of `N` bytes and keeps its text, which the launch decodes.
+fn hex_bytes<const N: usize>(text: &str) -> Result<String, String> {
+    match crate::coco::parse_hex::<N>("value", text) {
+        Ok(_) => Ok(text.to_string()),
+        Err(crate::coco::CocoError::InvalidOption { reason, .. }) => Err(reason),
+        Err(other) => Err(other.to_string()),
+    }
 }

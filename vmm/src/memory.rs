@@ -92,7 +92,7 @@ pub enum MemoryError {
         owner: &'static str,
     },
     /// A page of the guest image lies outside guest RAM and outside the firmware window.
-    #[error("the image places a page at GPA {gpa:#x}, outside guest RAM and outside the firmware window {start:#x}..{end:#x}; raise --memory if the page belongs in RAM")]
+    #[error("the image places a page at GPA {gpa:#x}, outside guest RAM and outside the firmware window {start:#x}..{end:#x}; {}", ram_hint(*memory_needed))]
     OutsideRam {
         /// GPA of the page.
         gpa: u64,
@@ -100,6 +100,9 @@ pub enum MemoryError {
         start: u64,
         /// First byte after the firmware window.
         end: u64,
+        /// The smallest `--memory` that puts this page (or, where the caller checked them all,
+        /// every such page of the image) in RAM. `None` when a page lies in the hole below 4 GiB.
+        memory_needed: Option<u64>,
     },
     /// A page of the guest image lies beyond the guest physical address width.
     #[error("the image places a page at GPA {gpa:#x}, beyond the {bits}-bit guest physical address space")]
@@ -122,6 +125,31 @@ pub enum MemoryError {
     /// mmap of guest memory failed.
     #[error("failed to allocate guest memory: {0}")]
     Allocate(String),
+}
+
+/// Returns the smallest whole number of MiB of `--memory` that puts the 4 KiB page at `gpa` in
+/// RAM, or `None` for a page in the hole below 4 GiB, where RAM never goes.
+pub fn memory_for_page(gpa: u64) -> Option<u64> {
+    const MIB: u64 = 1 << 20;
+    let end = gpa.checked_add(PAGE_SIZE)?;
+    let bytes = if end <= LOW_RAM_END {
+        end
+    } else if gpa >= HIGH_RAM_START {
+        end.checked_sub(HIGH_RAM_START)?.checked_add(LOW_RAM_END)?
+    } else {
+        return None;
+    };
+    bytes.checked_next_multiple_of(MIB)
+}
+
+/// Formats the advice at the end of an [`MemoryError::OutsideRam`] message.
+fn ram_hint(memory_needed: Option<u64>) -> String {
+    match memory_needed {
+        Some(bytes) => format!("run with --memory {} or more", format_size(bytes)),
+        None => {
+            "the image has a page in the hole below 4 GiB, where no --memory puts RAM".to_string()
+        }
+    }
 }
 
 /// Parses a `--memory` value: a byte count with an optional binary suffix K, M, G or T
@@ -448,6 +476,7 @@ impl MemoryLayout {
                 gpa: page,
                 start: FIRMWARE_WINDOW_START,
                 end: FIRMWARE_WINDOW_END,
+                memory_needed: memory_for_page(page),
             });
         }
         Ok(())
@@ -675,6 +704,31 @@ mod tests {
     }
 
     #[test]
+    fn memory_for_page_rounds_up_to_mib() {
+        assert_eq!(memory_for_page(0x100_0000), Some(17 << 20));
+        assert_eq!(memory_for_page(0xBFFF_F000), Some(LOW_RAM_END));
+        assert_eq!(memory_for_page(0xC000_0000), None);
+        assert_eq!(memory_for_page(0xFEF0_0000), None);
+        assert_eq!(
+            memory_for_page(HIGH_RAM_START),
+            Some(LOW_RAM_END + (1 << 20))
+        );
+        assert_eq!(memory_for_page(u64::MAX - 0xFFF), None);
+        let error = MemoryError::OutsideRam {
+            gpa: 0x100_0000,
+            start: FIRMWARE_WINDOW_START,
+            end: FIRMWARE_WINDOW_END,
+            memory_needed: Some(66 << 20),
+        };
+        assert!(
+            error
+                .to_string()
+                .ends_with("; run with --memory 66M or more"),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn extra_backing_rejects_pages_outside_window() {
         let layout = MemoryLayout::new(64 << 20).unwrap();
         for gpa in [0x8000_0000, 0x100_0000_0000, 0xFEF0_0000] {
@@ -684,6 +738,7 @@ mod tests {
                     gpa,
                     start: FIRMWARE_WINDOW_START,
                     end: FIRMWARE_WINDOW_END,
+                    memory_needed: memory_for_page(gpa),
                 })
             );
         }

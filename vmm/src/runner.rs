@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use igvm::IgvmDirectiveHeader;
 use igvm_loader::host::{HostDescription, PlatformChoice};
-use igvm_loader::plan::{Plan, Platform, PAGE_SIZE_2M, PAGE_SIZE_4K};
+use igvm_loader::plan::{HeaderRef, Plan, Platform, PAGE_SIZE_2M, PAGE_SIZE_4K};
 use igvm_loader::{LoadOptions, ParsedFile};
 use kvm_ioctls::{Kvm, VcpuFd};
 use vm_memory::GuestMemoryMmap;
@@ -24,7 +24,9 @@ use crate::control::{HaltCheck, HaltDetector, Outcome, StopHandle, VcpuActivity}
 use crate::error::VmmError;
 use crate::exit::{StopReason, StopRequest};
 use crate::machine::{self, Machine, MachineConfig};
-use crate::memory::{self, GpaRange, HostLimits, MemoryLayout, IOAPIC_GPA, LOW_RAM_END};
+use crate::memory::{
+    self, GpaRange, HostLimits, MemoryError, MemoryLayout, IOAPIC_GPA, LOW_RAM_END,
+};
 use crate::terminal::RawModeGuard;
 use crate::vcpu::{PagingFeatures, VcpuRunner};
 use crate::vm::{self, Vm};
@@ -265,6 +267,8 @@ fn firmware_ranges(
         .filter(|header| header.platform == Some(platform))
         .fold(0, |mask, header| mask | header.compatibility_mask);
     let mut pages = Vec::new();
+    // The first page outside RAM, with the --memory that covers every such page seen so far.
+    let mut outside_ram: Option<(HeaderRef, MemoryError)> = None;
     for (header, directive) in parsed.directives() {
         let IgvmDirectiveHeader::PageData {
             gpa,
@@ -287,13 +291,46 @@ fn firmware_ranges(
             let Some(page) = gpa.checked_add(offset) else {
                 continue;
             };
-            layout
-                .check_image_page(page, phys_bits)
-                .map_err(|source| VmmError::ImagePage { header, source })?;
-            pages.push(page);
+            match layout.check_image_page(page, phys_bits) {
+                Ok(()) => pages.push(page),
+                Err(error @ MemoryError::OutsideRam { .. }) => {
+                    widen_memory_needed(&mut outside_ram, header, error);
+                }
+                Err(source) => return Err(VmmError::ImagePage { header, source }),
+            }
         }
     }
+    if let Some((header, source)) = outside_ram {
+        return Err(VmmError::ImagePage { header, source });
+    }
     Ok(layout.extra_backing(pages, phys_bits)?)
+}
+
+/// Records a page outside RAM (`error`, an [`MemoryError::OutsideRam`]). The first such page
+/// stays the one reported, and its `memory_needed` grows to cover this page too, or becomes
+/// `None` once any page lies in the hole below 4 GiB.
+fn widen_memory_needed(
+    outside_ram: &mut Option<(HeaderRef, MemoryError)>,
+    header: HeaderRef,
+    error: MemoryError,
+) {
+    let MemoryError::OutsideRam {
+        memory_needed: needed,
+        ..
+    } = error
+    else {
+        return;
+    };
+    match outside_ram {
+        None => *outside_ram = Some((header, error)),
+        Some((_, MemoryError::OutsideRam { memory_needed, .. })) => {
+            *memory_needed = match (*memory_needed, needed) {
+                (Some(first), Some(this)) => Some(first.max(this)),
+                _ => None,
+            };
+        }
+        Some(_) => {}
+    }
 }
 
 /// Runs a loaded native guest on a new VM.

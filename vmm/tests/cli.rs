@@ -265,7 +265,10 @@ fn bad_memory_is_one_line() {
 
 #[test]
 fn bad_option_values_exit_2() {
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 8] = [
+        (&["pack", "-o", "x.igvm"], "error: the following required arguments were not provided:"),
+        (&["pack", "--demo", "--cmdline", "quiet", "-o", "x.igvm"], "error: the argument '--demo' cannot be used with '--cmdline <CMDLINE>'"),
+        (&["run", "--demo", "--host-data", "zz"], "error: invalid value 'zz' for '--host-data <HOST_DATA>': 'z' at position 0 is not a hexadecimal digit; expected 64 hexadecimal digits"),
         (&["run", "--demo", "--cpus", "0"], "error: invalid value '0' for '--cpus <CPUS>': 0 is not in 1..=254"),
         (&["run", "--demo", "--cpus", "255"], "error: invalid value '255' for '--cpus <CPUS>': 255 is not in 1..=254"),
         (&["run", "--demo", "--serial", "tty"], "error: invalid value 'tty' for '--serial <SERIAL>': expected stdio, none or file:PATH"),
@@ -343,16 +346,19 @@ fn triple_fault_report_from_cli() {
 #[test]
 fn coco_option_values_are_checked() {
     let output = igvmm(&["run", "--demo", "--host-data", "abcd"]);
-    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(output.status.code(), Some(2));
     assert_eq!(
-        stderr(&output),
-        "igvmm: --host-data: 2 bytes given; expected 32 bytes (64 hexadecimal digits)\n"
+        stderr(&output).lines().next().unwrap_or_default(),
+        "error: invalid value 'abcd' for '--host-data <HOST_DATA>': 2 bytes given; \
+         expected 32 bytes (64 hexadecimal digits)"
     );
     let output = igvmm(&["run", "--demo", "--mrowner", "xyz"]);
-    assert_eq!(output.status.code(), Some(1));
-    let text = stderr(&output);
-    assert!(text.starts_with("igvmm: --mrowner: "), "{text}");
-    assert_eq!(text.lines().count(), 1, "{text}");
+    assert_eq!(output.status.code(), Some(2));
+    assert_eq!(
+        stderr(&output).lines().next().unwrap_or_default(),
+        "error: invalid value 'xyz' for '--mrowner <MROWNER>': an odd number of digits; \
+         expected 96 hexadecimal digits"
+    );
 }
 
 #[test]
@@ -377,7 +383,7 @@ fn pack_kernel_rejects_empty_kernel() {
     assert_eq!(output.status.code(), Some(1));
     assert_eq!(
         stderr(&output),
-        "igvmm: the kernel (0 bytes) is neither an ELF vmlinux nor a bzImage \
+        "igvmm: /dev/null: the kernel (0 bytes) is neither an ELF vmlinux nor a bzImage \
          (no 0xAA55 boot flag at 0x1fe and \"HdrS\" at 0x202)\n"
     );
 }
@@ -592,6 +598,25 @@ fn errors_name_the_file() {
     assert_eq!(
         stderr(&output),
         format!("igvmm: {demo}: the IGVM file has no sev-snp platform header\n")
+    );
+    assert!(!out.exists());
+
+    // An empty document is rejected before any warning about its contents.
+    let output = igvmm(&[
+        "corim",
+        "add",
+        demo,
+        "--platform",
+        "native",
+        "--document",
+        "/dev/null",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(
+        stderr(&output),
+        format!("igvmm: {demo}: the CoRIM document to embed is empty\n")
     );
     assert!(!out.exists());
 }

@@ -427,9 +427,18 @@ pub trait CocoExits: Send + Sync {
 pub fn parse_hex<const N: usize>(option: &'static str, text: &str) -> Result<[u8; N], CocoError> {
     let text = text.trim();
     let text = text.strip_prefix("0x").unwrap_or(text);
-    let bytes = hex::decode(text).map_err(|error| CocoError::InvalidOption {
-        option,
-        reason: format!("{error}; expected {} hexadecimal digits", N * 2),
+    let bytes = hex::decode(text).map_err(|error| {
+        let problem = match error {
+            hex::FromHexError::InvalidHexCharacter { c, index } => {
+                format!("{c:?} at position {index} is not a hexadecimal digit")
+            }
+            hex::FromHexError::OddLength => "an odd number of digits".to_string(),
+            other => other.to_string(),
+        };
+        CocoError::InvalidOption {
+            option,
+            reason: format!("{problem}; expected {} hexadecimal digits", N * 2),
+        }
     })?;
     <[u8; N]>::try_from(bytes.as_slice()).map_err(|_| CocoError::InvalidOption {
         option,
@@ -500,6 +509,9 @@ mod tests {
             error.to_string(),
             "--host-data: 2 bytes given; expected 32 bytes (64 hexadecimal digits)"
         );
-        assert!(parse_hex::<2>("--x", "zz00").is_err());
+        assert_eq!(
+            parse_hex::<2>("--x", "zz00").unwrap_err().to_string(),
+            "--x: 'z' at position 0 is not a hexadecimal digit; expected 4 hexadecimal digits"
+        );
     }
 }

@@ -129,6 +129,7 @@ pub fn add(
     signature: Option<&[u8]>,
 ) -> Result<Vec<u8>, CorimCommandError> {
     check_file(file, platform)?;
+    corim::check_not_empty(document, signature)?;
     match corim::inspect(document, signature) {
         Ok(report) => {
             for warning in &report.warnings {

@@ -17,14 +17,13 @@ use crate::demo;
 
 /// Runs the subcommand.
 pub fn main(args: PackArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
-    if args.initrd.is_some() && args.kernel.is_none() {
-        return Err("--initrd applies to --kernel only".into());
-    }
     check_platforms(&args)?;
+    // Clap makes exactly one source present, and --initrd and --cmdline need --kernel.
     let mut image = if args.demo {
         demo::image()?
     } else if let Some(firmware) = &args.firmware {
-        builder::firmware_image(&read_input(firmware)?)?
+        builder::firmware_image(&read_input(firmware)?)
+            .map_err(|error| format!("{}: {error}", firmware.display()))?
     } else if let Some(kernel) = &args.kernel {
         let initrd = match &args.initrd {
             Some(path) => Some(read_input(path)?),
@@ -34,13 +33,11 @@ pub fn main(args: PackArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
             kernel: read_input(kernel)?,
             initrd,
             command_line: args.cmdline.clone().unwrap_or_default(),
-        })?
+        })
+        .map_err(|error| format!("{}: {error}", kernel.display()))?
     } else {
         return Err("pack needs a source: --firmware FILE, --kernel FILE or --demo".into());
     };
-    if args.cmdline.is_some() && args.kernel.is_none() {
-        log::warn!("--cmdline applies to --kernel and is ignored");
-    }
 
     if let Some(document_path) = &args.corim {
         let document = read_input(document_path)?;
@@ -74,6 +71,7 @@ pub fn embed_corim(
     document: &[u8],
     signature: Option<&[u8]>,
 ) -> Result<Vec<u8>, corim::CorimError> {
+    corim::check_not_empty(document, signature)?;
     if let Err(error) = corim::inspect(document, signature) {
         log::warn!("embedding a CoRIM that does not decode: {error}");
     }
@@ -117,9 +115,6 @@ fn check_platforms(args: &PackArgs) -> Result<(), String> {
 }
 
 fn read_input(path: &Path) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
-    if path.is_dir() {
-        return Err(format!("{} is a directory, not a file", path.display()).into());
-    }
     crate::config::read_input_file(path)
         .map_err(|error| format!("cannot read {}: {error}", path.display()).into())
 }

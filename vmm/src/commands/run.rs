@@ -5,12 +5,14 @@
 //! status that [`crate::exit`] lists. `--demo` exits 0 when the demo guest reports success
 //! through the debug-exit port. The same image run from a file exits 1 there, as QEMU would.
 
+use std::io::IsTerminal;
 use std::path::Path;
 use std::process::ExitCode;
 
 use crate::cli::{PlatformArg, RunArgs};
 use crate::coco::{parse_hex, CocoError};
 use crate::config::{CocoOptions, EventStrings, GuestImage, MappedFile, PlatformRequest, VmConfig};
+use crate::console::SerialConfig;
 
 use crate::commands::write_stderr;
 use crate::demo::{self, DEMO_SUCCESS_VALUE};
@@ -58,7 +60,7 @@ pub fn main(args: RunArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let file_name = args.file.as_ref().map(|path| path.display().to_string());
     let reason = match run_vm(config) {
         Ok(reason) => reason,
-        Err(error @ VmmError::Load(_)) => match file_name {
+        Err(error @ (VmmError::Load(_) | VmmError::ImagePage { .. })) => match file_name {
             Some(name) => return Err(format!("{name}: {error}").into()),
             None => return Err(error.into()),
         },
@@ -75,7 +77,12 @@ pub fn main(args: RunArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    write_stderr(&format!("igvmm: {reason}\n"));
+    // On a terminal the guest's last line may lack its newline, so the report starts a new line.
+    let console_on_terminal = matches!(args.serial, SerialConfig::Stdio)
+        && std::io::stdout().is_terminal()
+        && std::io::stderr().is_terminal();
+    let line_start = if console_on_terminal { "\r\n" } else { "" };
+    write_stderr(&format!("{line_start}igvmm: {reason}\n"));
     if let Some(report) = reason.crash_report() {
         write_stderr(&report.to_string());
     }
