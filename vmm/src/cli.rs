@@ -236,7 +236,8 @@ pub struct PackArgs {
     #[arg(long, value_enum, requires = "corim")]
     pub corim_platform: Option<FilePlatformArg>,
     /// Generate a launch-measurement CoRIM for each measurable platform (sev-snp, tdx), with
-    /// igvmm's predicted measurement of a KVM launch with one vCPU as the reference value.
+    /// igvmm's predicted measurement of a KVM launch with one vCPU as the reference value. The
+    /// images `pack` writes today are native only, so this fails with the reason.
     #[arg(long, conflicts_with = "corim")]
     pub corim_auto: bool,
     /// The security version number that the generated CoRIMs endorse.
