@@ -937,7 +937,7 @@ fn corim_mask(file: &[u8], header: &RawHeader) -> Result<u32, CorimError> {
 }
 
 /// Rejects an empty document or signature, which no CoRIM header should carry.
-pub fn check_not_empty(document: &[u8], signature: Option<&[u8]>) -> Result<(), CorimError> {
+fn check_not_empty(document: &[u8], signature: Option<&[u8]>) -> Result<(), CorimError> {
     if document.is_empty() {
         return Err(CorimError::Empty("document"));
     }

@@ -82,7 +82,7 @@ pub mod cr0 {
 pub mod lapic {
     /// Physical address of every CPU's local APIC registers.
     pub const BASE: u64 = 0xfee0_0000;
-    /// Spurious interrupt vector register; bit 8 enables the APIC in software.
+    /// Spurious interrupt vector register. Bit 8 enables the APIC in software.
     pub const SVR: i32 = 0xf0;
     /// Interrupt command register, low half: writing it sends the IPI.
     pub const ICR_LOW: i32 = 0x300;
@@ -90,7 +90,7 @@ pub mod lapic {
     pub const ICR_HIGH: i32 = 0x310;
     /// ICR: INIT, level assert.
     pub const ICR_INIT: u32 = 0x0000_4500;
-    /// ICR: start-up, level assert; the vector goes in the low byte.
+    /// ICR: start-up, level assert, with the vector in the low byte.
     pub const ICR_STARTUP: u32 = 0x0000_4600;
 }
 

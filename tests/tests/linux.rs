@@ -592,7 +592,7 @@ fn smp_stub_kernel(origin: u64) -> Vec<u8> {
     g.a.mov(ecx, trampoline.len() as u32).unwrap();
     g.a.rep().movsb().unwrap();
 
-    // r12d: this CPU's APIC ID; r9d: CPUs running.
+    // r12d is this CPU's APIC ID, and r9d counts the CPUs running.
     g.a.mov(eax, 1u32).unwrap();
     g.a.cpuid().unwrap();
     g.a.shr(ebx, 24).unwrap();
@@ -714,8 +714,8 @@ fn small_memory_names_needed_size() {
         ..VmConfig::default()
     };
     let error = boot(&packed.igvm, &config).unwrap_err().to_string();
-    // The first page above 8 MiB is the kernel's at 16 MiB; the initrd's last page, just above
-    // 18 MiB, sets the size that holds every page.
+    // The first page above 8 MiB is the kernel's at 16 MiB. The initrd's last page, just above
+    // 18 MiB, sets the --memory that covers every page.
     assert!(
         error.contains("the image places a page at GPA 0x1000000, outside guest RAM"),
         "{error}"

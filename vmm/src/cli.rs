@@ -69,6 +69,16 @@ pub enum FilePlatformArg {
     Tdx,
 }
 
+impl From<FilePlatformArg> for igvm_loader::plan::Platform {
+    fn from(platform: FilePlatformArg) -> Self {
+        match platform {
+            FilePlatformArg::Native => Self::Native,
+            FilePlatformArg::SevSnp => Self::SevSnp,
+            FilePlatformArg::Tdx => Self::Tdx,
+        }
+    }
+}
+
 /// Arguments of `igvmm run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -128,19 +138,19 @@ pub struct RunArgs {
 
     /// SEV-SNP: 32 bytes of HOST_DATA for the attestation report, as 64 hex digits.
     #[arg(long, value_parser = hex_bytes::<32>)]
-    pub host_data: Option<String>,
+    pub host_data: Option<[u8; 32]>,
 
     /// TDX: MRCONFIGID, 48 bytes as 96 hex digits.
     #[arg(long, value_parser = hex_bytes::<48>)]
-    pub mrconfigid: Option<String>,
+    pub mrconfigid: Option<[u8; 48]>,
 
     /// TDX: MROWNER, 48 bytes as 96 hex digits.
     #[arg(long, value_parser = hex_bytes::<48>)]
-    pub mrowner: Option<String>,
+    pub mrowner: Option<[u8; 48]>,
 
     /// TDX: MROWNERCONFIG, 48 bytes as 96 hex digits.
     #[arg(long, value_parser = hex_bytes::<48>)]
-    pub mrownerconfig: Option<String>,
+    pub mrownerconfig: Option<[u8; 48]>,
 
     /// TDX: enable the DEBUG attribute (off by default; a debug TD has no confidentiality).
     #[arg(long)]
@@ -288,7 +298,7 @@ fn memory_size(text: &str) -> Result<u64, String> {
         }
         other => other.to_string(),
     })?;
-    // The alignment and minimum checks; the host's limits are checked at launch.
+    // The alignment and minimum checks. The host's limits are checked at launch.
     memory::MemoryLayout::new(bytes).map_err(|error| error.to_string())?;
     Ok(bytes)
 }
@@ -309,11 +319,10 @@ fn expected_form(error: ConsoleError) -> String {
     format!("expected {expected}")
 }
 
-/// Checks a hexadecimal option of `N` bytes and keeps its text, which the launch decodes.
-fn hex_bytes<const N: usize>(text: &str) -> Result<String, String> {
-    match crate::coco::parse_hex::<N>("value", text) {
-        Ok(_) => Ok(text.to_string()),
-        Err(crate::coco::CocoError::InvalidOption { reason, .. }) => Err(reason),
-        Err(other) => Err(other.to_string()),
-    }
+/// Parses a hexadecimal option of `N` bytes.
+fn hex_bytes<const N: usize>(text: &str) -> Result<[u8; N], String> {
+    crate::coco::parse_hex::<N>("value", text).map_err(|error| match error {
+        crate::coco::CocoError::InvalidOption { reason, .. } => reason,
+        other => other.to_string(),
+    })
 }

@@ -14,9 +14,6 @@ include!("demo_layout.rs");
 /// The assembled guest: code from `DEMO_CODE_GPA`, strings from `DEMO_STRINGS_GPA`.
 pub const DEMO_GUEST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/demo_guest.bin"));
 
-/// The exit status of the demo's debug-exit write: `(DEMO_SUCCESS_VALUE << 1) | 1`.
-pub const DEMO_SUCCESS_STATUS: u8 = (DEMO_SUCCESS_VALUE << 1) | 1;
-
 /// Flat 32-bit code segment attributes: G, D/B, present, code, execute/read, accessed.
 const FLAT_CODE_ATTRIBUTES: u16 = 0xC09B;
 /// Flat 32-bit data segment attributes: G, D/B, present, data, read/write, accessed.
@@ -109,6 +106,9 @@ mod tests {
             platforms[0].platform,
             Some(igvm_loader::plan::Platform::Native)
         );
-        assert_eq!(DEMO_SUCCESS_STATUS, 1);
+        assert_eq!(
+            devices::debug_exit::exit_status(u32::from(DEMO_SUCCESS_VALUE)),
+            1
+        );
     }
 }

@@ -100,8 +100,9 @@ pub enum MemoryError {
         start: u64,
         /// First byte after the firmware window.
         end: u64,
-        /// The smallest `--memory` that puts this page (or, where the caller checked them all,
-        /// every such page of the image) in RAM. `None` when a page lies in the hole below 4 GiB.
+        /// The smallest `--memory` that puts this page in RAM. Where the caller checked every
+        /// page of the image, it covers all pages outside RAM. `None` when a page lies in the
+        /// hole below 4 GiB.
         memory_needed: Option<u64>,
     },
     /// A page of the guest image lies beyond the guest physical address width.

@@ -267,8 +267,10 @@ fn firmware_ranges(
         .filter(|header| header.platform == Some(platform))
         .fold(0, |mask, header| mask | header.compatibility_mask);
     let mut pages = Vec::new();
-    // The first page outside RAM, with the --memory that covers every such page seen so far.
+    // The first page outside RAM is the one reported, with the --memory that covers every such
+    // page: the largest any page needs, or `None` once a page lies in the hole below 4 GiB.
     let mut outside_ram: Option<(HeaderRef, MemoryError)> = None;
+    let mut memory_needed = Some(0);
     for (header, directive) in parsed.directives() {
         let IgvmDirectiveHeader::PageData {
             gpa,
@@ -293,44 +295,32 @@ fn firmware_ranges(
             };
             match layout.check_image_page(page, phys_bits) {
                 Ok(()) => pages.push(page),
-                Err(error @ MemoryError::OutsideRam { .. }) => {
-                    widen_memory_needed(&mut outside_ram, header, error);
+                Err(
+                    error @ MemoryError::OutsideRam {
+                        memory_needed: page_needs,
+                        ..
+                    },
+                ) => {
+                    memory_needed = memory_needed
+                        .zip(page_needs)
+                        .map(|(so_far, this)| so_far.max(this));
+                    outside_ram.get_or_insert((header, error));
                 }
                 Err(source) => return Err(VmmError::ImagePage { header, source }),
             }
         }
     }
-    if let Some((header, source)) = outside_ram {
+    if let Some((header, mut source)) = outside_ram {
+        if let MemoryError::OutsideRam {
+            memory_needed: reported,
+            ..
+        } = &mut source
+        {
+            *reported = memory_needed;
+        }
         return Err(VmmError::ImagePage { header, source });
     }
     Ok(layout.extra_backing(pages, phys_bits)?)
-}
-
-/// Records a page outside RAM (`error`, an [`MemoryError::OutsideRam`]). The first such page
-/// stays the one reported, and its `memory_needed` grows to cover this page too, or becomes
-/// `None` once any page lies in the hole below 4 GiB.
-fn widen_memory_needed(
-    outside_ram: &mut Option<(HeaderRef, MemoryError)>,
-    header: HeaderRef,
-    error: MemoryError,
-) {
-    let MemoryError::OutsideRam {
-        memory_needed: needed,
-        ..
-    } = error
-    else {
-        return;
-    };
-    match outside_ram {
-        None => *outside_ram = Some((header, error)),
-        Some((_, MemoryError::OutsideRam { memory_needed, .. })) => {
-            *memory_needed = match (*memory_needed, needed) {
-                (Some(first), Some(this)) => Some(first.max(this)),
-                _ => None,
-            };
-        }
-        Some(_) => {}
-    }
 }
 
 /// Runs a loaded native guest on a new VM.

@@ -168,7 +168,7 @@ fn inspect_reads_every_conformance_file() {
             ("sev-snp", "file", "583EBEC47ED943C6D6BF1D787F63776BFB15B1573E3B06013B2EBC77D8CF2BAD2038648B9A5F37C1D51EACD64C92C1F8"),
         ]
     );
-    // The KVM launch differs from the file digest, and the note says why.
+    // The KVM launch differs from the file digest, and the note gives the reason.
     const NOTE: &str = "the file places 2 page operations after the VMSA of vp 0; KVM measures \
                         VMSAs after all pages, so the KVM digest differs from the file digest \
                         (--file-digest)";

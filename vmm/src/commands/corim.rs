@@ -12,9 +12,9 @@ use std::process::ExitCode;
 use igvm_loader::corim::{self, ReferenceMatch};
 use igvm_loader::plan::Platform;
 
-use crate::cli::{CorimCommand, FilePlatformArg};
+use crate::cli::CorimCommand;
 use crate::commands::measure::{host_cpuid_signature, measure_file, MeasureOptions};
-use crate::commands::write_stdout;
+use crate::commands::{write_stdout, written_line};
 
 /// A reason a `corim` subcommand failed.
 #[derive(Debug, thiserror::Error)]
@@ -44,14 +44,6 @@ pub enum CorimCommandError {
     NoCorim(Platform),
 }
 
-fn platform_of(arg: FilePlatformArg) -> Platform {
-    match arg {
-        FilePlatformArg::Native => Platform::Native,
-        FilePlatformArg::SevSnp => Platform::SevSnp,
-        FilePlatformArg::Tdx => Platform::Tdx,
-    }
-}
-
 fn read(path: &Path) -> Result<Vec<u8>, CorimCommandError> {
     crate::config::read_input_file(path).map_err(|source| CorimCommandError::Io {
         action: "cannot read",
@@ -68,14 +60,6 @@ fn write(path: &Path, bytes: &[u8]) -> Result<(), CorimCommandError> {
     })
 }
 
-/// Returns the line that reports a written file and its size, as `pack` prints it.
-fn wrote_line(path: &Path) -> String {
-    match std::fs::metadata(path) {
-        Ok(metadata) => format!("wrote {} ({} bytes)\n", path.display(), metadata.len()),
-        Err(_) => format!("wrote {}\n", path.display()),
-    }
-}
-
 /// Returns the path `output` with `.cose` appended, where `extract` puts the signature.
 pub fn signature_path(output: &Path) -> PathBuf {
     let mut path = output.as_os_str().to_os_string();
@@ -83,37 +67,37 @@ pub fn signature_path(output: &Path) -> PathBuf {
     PathBuf::from(path)
 }
 
-/// Checks that `file` parses and declares `platform`. The loader's parse names the header and
-/// field that is wrong, which the CoRIM library's own parse of the file does not.
-fn check_file(file: &[u8], platform: Platform) -> Result<(), CorimCommandError> {
+/// Returns the compatibility mask of `platform` in `file`. The loader parses the file here,
+/// because its errors name the wrong header and field and the CoRIM library's parse does not.
+pub fn platform_mask(file: &[u8], platform: Platform) -> Result<u32, CorimCommandError> {
     let parsed = igvm_loader::parse(file)?;
-    let declared = parsed
+    let mask = parsed
         .platforms()
         .iter()
-        .any(|header| header.platform == Some(platform));
-    if !declared {
-        return Err(corim::CorimError::NoPlatform { platform }.into());
-    }
-    Ok(())
+        .find(|header| header.platform == Some(platform))
+        .map(|header| header.compatibility_mask);
+    Ok(mask.ok_or(corim::CorimError::NoPlatform { platform })?)
 }
 
 /// Writes the CoRIM of `platform` from `file` to `output` (and its signature next to it).
-/// Returns the signature's path when the file has one.
+/// Returns each file written with its size.
 pub fn extract(
     file: &[u8],
     platform: Platform,
     output: &Path,
-) -> Result<Option<PathBuf>, CorimCommandError> {
-    check_file(file, platform)?;
+) -> Result<Vec<(PathBuf, usize)>, CorimCommandError> {
+    // The mask is not needed, but the call reports a damaged file or a missing platform.
+    platform_mask(file, platform)?;
     let (document, signature) =
         corim::extract(file, platform)?.ok_or(CorimCommandError::NoCorim(platform))?;
     write(output, &document)?;
+    let mut written = vec![(output.to_path_buf(), document.len())];
     if let Some(signature) = signature {
         let path = signature_path(output);
         write(&path, &signature)?;
-        return Ok(Some(path));
+        written.push((path, signature.len()));
     }
-    Ok(None)
+    Ok(written)
 }
 
 /// Checks the document and signature, logs warnings and the comparison with igvmm's predicted
@@ -128,8 +112,8 @@ pub fn add(
     document: &[u8],
     signature: Option<&[u8]>,
 ) -> Result<Vec<u8>, CorimCommandError> {
-    check_file(file, platform)?;
-    corim::check_not_empty(document, signature)?;
+    let mask = platform_mask(file, platform)?;
+    let rewritten = corim::add_or_replace(file, mask, document, signature)?;
     match corim::inspect(document, signature) {
         Ok(report) => {
             for warning in &report.warnings {
@@ -141,10 +125,7 @@ pub fn add(
         }
         Err(error) => log::warn!("adding a CoRIM that does not decode: {error}"),
     }
-    let parsed = igvm::IgvmFile::new_from_binary(file, None)
-        .map_err(|error| corim::CorimError::InvalidFile(error.to_string()))?;
-    let mask = corim::platform_mask(&parsed, platform)?;
-    Ok(corim::add_or_replace(file, mask, document, signature)?)
+    Ok(rewritten)
 }
 
 /// Logs how the CoRIM's launch-measurement reference value compares with igvmm's predicted
@@ -182,13 +163,13 @@ pub fn main(command: CorimCommand) -> Result<ExitCode, Box<dyn std::error::Error
             output,
         } => {
             let bytes = read(&file)?;
-            let signature = extract(&bytes, platform_of(platform), &output)
+            let written = extract(&bytes, platform.into(), &output)
                 .map_err(|error| name_input(&file, error))?;
-            let mut written = wrote_line(&output);
-            if let Some(path) = signature {
-                written.push_str(&wrote_line(&path));
-            }
-            write_stdout(&written).map_err(CorimCommandError::Stdout)?;
+            let report: String = written
+                .iter()
+                .map(|(path, len)| written_line(path, *len))
+                .collect();
+            write_stdout(&report).map_err(CorimCommandError::Stdout)?;
         }
         CorimCommand::Add {
             input,
@@ -200,15 +181,11 @@ pub fn main(command: CorimCommand) -> Result<ExitCode, Box<dyn std::error::Error
             let bytes = read(&input)?;
             let document = read(&document)?;
             let signature = signature.as_deref().map(read).transpose()?;
-            let rewritten = add(
-                &bytes,
-                platform_of(platform),
-                &document,
-                signature.as_deref(),
-            )
-            .map_err(|error| name_input(&input, error))?;
+            let rewritten = add(&bytes, platform.into(), &document, signature.as_deref())
+                .map_err(|error| name_input(&input, error))?;
             write(&output, &rewritten)?;
-            write_stdout(&wrote_line(&output)).map_err(CorimCommandError::Stdout)?;
+            write_stdout(&written_line(&output, rewritten.len()))
+                .map_err(CorimCommandError::Stdout)?;
         }
     }
     Ok(ExitCode::SUCCESS)

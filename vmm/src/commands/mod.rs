@@ -20,6 +20,11 @@ pub(crate) fn write_stdout(text: &str) -> Result<(), std::io::Error> {
         })
 }
 
+/// Returns the line that reports a written output file and its size.
+pub(crate) fn written_line(path: &std::path::Path, len: usize) -> String {
+    format!("wrote {} ({len} bytes)\n", path.display())
+}
+
 /// Writes `text` to standard error and drops a failed write, because standard error is where
 /// igvmm reports failures. `eprint!` would panic instead.
 pub fn write_stderr(text: &str) {

@@ -6,13 +6,13 @@ use std::process::ExitCode;
 
 use clap::ValueEnum;
 
-use igvm::IgvmFile;
 use igvm_loader::builder;
 use igvm_loader::corim;
 use igvm_loader::plan::Platform;
 
 use crate::cli::{FilePlatformArg, PackArgs};
-use crate::commands::write_stdout;
+use crate::commands::corim::CorimCommandError;
+use crate::commands::{self, write_stdout, written_line};
 use crate::demo;
 
 /// Runs the subcommand.
@@ -54,11 +54,7 @@ pub fn main(args: PackArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
 
     std::fs::write(&args.output, &image)
         .map_err(|error| format!("cannot write {}: {error}", args.output.display()))?;
-    write_stdout(&format!(
-        "wrote {} ({} bytes)\n",
-        args.output.display(),
-        image.len()
-    ))?;
+    write_stdout(&written_line(&args.output, image.len()))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -70,15 +66,13 @@ pub fn embed_corim(
     platform: Platform,
     document: &[u8],
     signature: Option<&[u8]>,
-) -> Result<Vec<u8>, corim::CorimError> {
-    corim::check_not_empty(document, signature)?;
+) -> Result<Vec<u8>, CorimCommandError> {
+    let mask = commands::corim::platform_mask(image, platform)?;
+    let embedded = corim::add_or_replace(image, mask, document, signature)?;
     if let Err(error) = corim::inspect(document, signature) {
         log::warn!("embedding a CoRIM that does not decode: {error}");
     }
-    let parsed = IgvmFile::new_from_binary(image, None)
-        .map_err(|error| corim::CorimError::InvalidFile(error.to_string()))?;
-    let mask = corim::platform_mask(&parsed, platform)?;
-    corim::add_or_replace(image, mask, document, signature)
+    Ok(embedded)
 }
 
 /// Rejects a `--platform` list that names a platform `pack` cannot write for the chosen source,
@@ -125,11 +119,7 @@ fn corim_platform(
     named: Option<FilePlatformArg>,
 ) -> Result<Platform, Box<dyn std::error::Error>> {
     if let Some(named) = named {
-        return Ok(match named {
-            FilePlatformArg::Native => Platform::Native,
-            FilePlatformArg::SevSnp => Platform::SevSnp,
-            FilePlatformArg::Tdx => Platform::Tdx,
-        });
+        return Ok(named.into());
     }
     let platforms: Vec<Platform> = igvm_loader::parse(image)?
         .platforms()

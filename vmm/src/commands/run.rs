@@ -10,7 +10,6 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use crate::cli::{PlatformArg, RunArgs};
-use crate::coco::{parse_hex, CocoError};
 use crate::config::{CocoOptions, EventStrings, GuestImage, MappedFile, PlatformRequest, VmConfig};
 use crate::console::SerialConfig;
 
@@ -30,7 +29,7 @@ pub fn main(args: RunArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         PlatformArg::SevSnp => PlatformRequest::SevSnp,
         PlatformArg::Tdx => PlatformRequest::Tdx,
     };
-    let coco = coco_options(&args)?;
+    let coco = coco_options(&args);
 
     let image = if args.demo {
         GuestImage::Igvm(demo::image()?)
@@ -112,25 +111,15 @@ pub fn map_image(path: &Path) -> Result<MappedFile, VmmError> {
     })
 }
 
-/// Returns the SEV-SNP and TDX options, with the hexadecimal values decoded.
-fn coco_options(args: &RunArgs) -> Result<CocoOptions, CocoError> {
-    let hex48 = |option: &'static str, value: &Option<String>| {
-        value
-            .as_deref()
-            .map(|text| parse_hex::<48>(option, text))
-            .transpose()
-    };
-    Ok(CocoOptions {
-        host_data: args
-            .host_data
-            .as_deref()
-            .map(|text| parse_hex::<32>("--host-data", text))
-            .transpose()?,
+/// Returns the SEV-SNP and TDX options.
+fn coco_options(args: &RunArgs) -> CocoOptions {
+    CocoOptions {
+        host_data: args.host_data,
         strict_cpuid: args.strict_cpuid,
-        mrconfigid: hex48("--mrconfigid", &args.mrconfigid)?,
-        mrowner: hex48("--mrowner", &args.mrowner)?,
-        mrownerconfig: hex48("--mrownerconfig", &args.mrownerconfig)?,
+        mrconfigid: args.mrconfigid,
+        mrowner: args.mrowner,
+        mrownerconfig: args.mrownerconfig,
         tdx_debug: args.tdx_debug,
         quote_socket: args.quote_socket.clone(),
-    })
+    }
 }
